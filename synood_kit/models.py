@@ -1,0 +1,288 @@
+"""Loading CLIP models: one place for open_clip names + pretrained tags, local folders and checkpoint files.
+
+The same code loads real weights and the mini-world's: ``load_clip("ViT-B-16", "openai")`` is the paper's
+model; ``load_clip("miniworld")`` is ``local-dir:assets/miniworld/clip`` (an ``open_clip_config.json`` next to
+``open_clip_model.safetensors``, the Hugging Face layout of open_clip models). Nothing is downloaded when
+``HF_HUB_OFFLINE=1``; missing weights raise :class:`WeightsNotFoundError` naming what was looked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import assets_dir
+
+__all__ = [
+    "ClipModel",
+    "ImageTransform",
+    "WeightsNotFoundError",
+    "file_fingerprint",
+    "load_clip",
+    "resolve_clip_source",
+    "save_clip_folder",
+]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Raised when model weights are not available locally and may not be downloaded."""
+
+
+def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Return the first 16 hex digits of a file's SHA-256 (a cache key for weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Differentiable tensor preprocessing: resize the short side, centre-crop, normalise.
+
+    Picklable and model-free, so data-loader workers can run it.
+    """
+
+    size: int  # output side, pixels
+    mean: tuple[float, float, float]  # per-channel mean subtracted after scaling to [0, 1]
+    std: tuple[float, float, float]  # per-channel std divided by
+
+    @property
+    def description(self) -> str:
+        """Return a string that fixes the transform (part of feature-cache keys)."""
+        return f"resize-short-bicubic-aa+center-crop {self.size}; mean={self.mean}; std={self.std}"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Return normalised ``(B, 3, size, size)`` inputs for ``(B, 3, H, W)`` images in ``[0, 1]``."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        size = self.size
+        if min(h, w) != size:
+            scale = size / min(h, w)
+            new_hw = (max(size, round(h * scale)), max(size, round(w * scale)))
+            images = F.interpolate(images, size=new_hw, mode="bicubic", antialias=True, align_corners=False)
+            images = images.clamp(0.0, 1.0)
+        top, left = (images.shape[-2] - size) // 2, (images.shape[-1] - size) // 2
+        images = images[..., top : top + size, left : left + size]
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+
+@dataclass
+class ClipModel:
+    """An open_clip model with its tokenizer and a differentiable tensor preprocessing.
+
+    Images enter as ``(B, 3, H, W)`` float in ``[0, 1]``; :meth:`preprocess` resizes the short side to
+    ``image_size`` (bicubic, antialiased), centre-crops and normalises, so gradients can flow through it.
+    """
+
+    model: torch.nn.Module  # the open_clip CLIP module (eval mode)
+    tokenizer: object  # open_clip tokenizer: list[str] -> (N, context_length) int64
+    image_size: int  # square input resolution of the image tower, pixels
+    mean: tuple[float, float, float]  # per-channel normalisation mean
+    std: tuple[float, float, float]  # per-channel normalisation std
+    name: str  # how it was loaded, e.g. "ViT-B-16/openai" or "local-dir:/path"
+    fingerprint: str  # identifies architecture + weights; part of every feature-cache key
+    info: dict = field(default_factory=dict)  # free-form provenance (paths, checkpoint hash)
+
+    @property
+    def device(self) -> torch.device:
+        """Return the device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def embed_dim(self) -> int:
+        """Return the dimension of the joint embedding space."""
+        return int(self.encode_text(["a"], progress=False).shape[1])
+
+    @property
+    def transform(self) -> ImageTransform:
+        """Return the model's input transform (picklable, for data-loader workers)."""
+        return ImageTransform(self.image_size, self.mean, self.std)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Return model inputs ``(B, 3, image_size, image_size)`` for ``(B, 3, H, W)`` images in ``[0, 1]``."""
+        return self.transform(images)
+
+    def encode_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Return unnormalised image embeddings ``(B, D)`` float32 for preprocessed inputs."""
+        return self.model.encode_image(inputs.to(self.device)).float()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Return unnormalised image embeddings ``(B, D)`` float32; differentiable w.r.t. ``images``.
+
+        Args:
+            images: ``(B, 3, H, W)`` float in ``[0, 1]`` (moved to the model's device).
+        """
+        return self.encode_inputs(self.preprocess(images.to(self.device, torch.float32)))
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], batch_size: int = 1024, progress: bool = True) -> torch.Tensor:
+        """Return unnormalised text embeddings ``(N, D)`` float32 on the CPU, in batches.
+
+        Args:
+            texts: the prompts (already formatted).
+            batch_size: prompts per forward pass.
+            progress: show a tqdm bar.
+        """
+        from tqdm.auto import tqdm
+
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not a single string")
+        out = []
+        starts = range(0, len(texts), batch_size)
+        for i in tqdm(starts, desc="text features", unit="batch", disable=not progress or len(starts) < 2):
+            tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
+            out.append(self.model.encode_text(tokens).float().cpu())
+        if not out:
+            raise ValueError("texts is empty: nothing to encode")
+        return torch.cat(out)
+
+
+def resolve_clip_source(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """Return the open_clip ``(model_name, pretrained)`` for the kit's names.
+
+    ``"miniworld"`` maps to ``local-dir:<assets>/miniworld/clip``; an existing folder path maps to
+    ``local-dir:<path>``; anything else is passed to open_clip unchanged.
+    """
+    if model == "miniworld":
+        return f"local-dir:{assets_dir() / 'miniworld' / 'clip'}", None
+    if not model.startswith(("local-dir:", "hf-hub:")) and os.path.isdir(model):
+        return f"local-dir:{Path(model).resolve()}", None
+    return model, pretrained
+
+
+def _offline_hint(model: str, pretrained: str | None) -> str:
+    return (
+        f"CLIP weights for model={model!r}, pretrained={pretrained!r} are not available offline. "
+        "Provide them in one of three ways: (1) on a connected machine run open_clip once with the same "
+        "name and tag and copy its Hugging Face cache ($HF_HOME/hub) here; (2) pass pretrained=<path to a "
+        ".safetensors/.pt checkpoint file>; (3) pass model='local-dir:<folder>' holding open_clip_config.json "
+        "and open_clip_model.safetensors."
+    )
+
+
+def load_clip(
+    model: str = "miniworld",
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> ClipModel:
+    """Load a CLIP model through open_clip.
+
+    Args:
+        model: an open_clip architecture name (``"ViT-B-16"``), ``"hf-hub:org/repo"``,
+            ``"local-dir:<folder>"``, a folder path, or ``"miniworld"`` (the shipped mini-world CLIP).
+        pretrained: with an architecture name, an open_clip tag (``"openai"``) or a checkpoint file path.
+        device: where to put the model.
+        precision: open_clip precision (``"fp32"`` unless asked otherwise).
+
+    Returns:
+        A :class:`ClipModel` in eval mode.
+
+    Raises:
+        ValueError: for an unknown architecture name or pretrained tag.
+        WeightsNotFoundError: when the weights are not on disk and cannot be downloaded.
+    """
+    import open_clip
+
+    name, tag = resolve_clip_source(model, pretrained)
+    if not name.startswith(("local-dir:", "hf-hub:")):
+        if name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {name!r}; known e.g. {open_clip.list_models()[:8]} ...")
+        if tag is None:
+            raise ValueError(f"model {name!r} needs pretrained=<tag or checkpoint path>; refusing random weights")
+        if not os.path.isfile(tag) and tag not in open_clip.list_pretrained_tags_by_model(name):
+            raise ValueError(
+                f"pretrained={tag!r} is neither a checkpoint file nor an open_clip tag of {name!r} "
+                f"(tags: {open_clip.list_pretrained_tags_by_model(name)})"
+            )
+    if name.startswith("local-dir:"):
+        folder = Path(name.split(":", 1)[1])
+        if not (folder / "open_clip_config.json").is_file():
+            raise WeightsNotFoundError(f"no open_clip_config.json in {folder} (looked for a local CLIP folder)")
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=tag, device=device, precision=precision, weights_only=True
+        )
+        tokenizer = open_clip.get_tokenizer(name)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, FileNotFoundError) or "offline" in str(e).lower() or "connect" in str(e).lower():
+            raise WeightsNotFoundError(_offline_hint(model, pretrained) + f" (open_clip said: {e})") from e
+        raise
+    clip.eval()
+    cfg = open_clip.get_model_preprocess_cfg(clip)
+    size = cfg.get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    info: dict = {"open_clip_name": name, "pretrained": tag}
+    if name.startswith("local-dir:"):
+        folder = Path(name.split(":", 1)[1])
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            raise WeightsNotFoundError(f"{folder} has an open_clip config but no .safetensors weights")
+        digest = hashlib.sha256((folder / "open_clip_config.json").read_bytes())
+        digest.update(file_fingerprint(weights[0]).encode())
+        fingerprint = f"{folder.name}-{digest.hexdigest()[:16]}"
+        info["weights"] = str(weights[0])
+    elif tag is not None and os.path.isfile(tag):
+        fingerprint = f"{name}-{file_fingerprint(tag)}"
+        info["weights"] = str(tag)
+    else:
+        fingerprint = f"{name}-{tag}"
+    label = name if tag is None else f"{name}/{tag}"
+    return ClipModel(
+        model=clip,
+        tokenizer=tokenizer,
+        image_size=int(size),
+        mean=tuple(float(v) for v in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        std=tuple(float(v) for v in cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+        name=label,
+        fingerprint=fingerprint,
+        info=info,
+    )
+
+
+def save_clip_folder(
+    model: torch.nn.Module,
+    model_cfg: dict,
+    folder: str | Path,
+    preprocess_cfg: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Save an open_clip model as a ``local-dir:`` folder that :func:`load_clip` (and open_clip) loads.
+
+    Writes ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``) and ``open_clip_model.safetensors``,
+    each atomically.
+
+    Args:
+        model: the open_clip ``CLIP`` module.
+        model_cfg: the architecture dict it was built from (as in open_clip's ``model_configs/*.json``).
+        folder: destination folder (created).
+        preprocess_cfg: ``{"size", "mean", "std", ...}`` overrides of open_clip's preprocessing.
+        dtype: storage dtype of floating-point tensors (float16 halves the file).
+
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    from .storage import atomic_path, atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    with atomic_path(folder / "open_clip_model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(folder / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}})
+    return folder

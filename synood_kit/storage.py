@@ -1,0 +1,202 @@
+"""Atomic files, JSONL records and output-folder locks: how every stage writes to disk.
+
+Every file the kit writes appears whole or not at all: it is written to a temporary name in the same folder,
+flushed to disk and renamed over the target (``os.replace`` is atomic on POSIX). A run killed mid-write leaves
+at most a ``*.tmp-*`` file that is never read and is cleaned up by the next run. A full disk or a read-only
+folder raises :class:`OutputError` naming the path, and earlier outputs stay intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "OutputError",
+    "OutputLock",
+    "append_jsonl",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "read_jsonl",
+    "remove_stale_temporaries",
+    "sha256_text",
+]
+
+
+class OutputError(OSError):
+    """Raised when an output cannot be written (full disk, read-only folder, lock held by another run)."""
+
+
+def sha256_text(text: str, n: int = 16) -> str:
+    """Return the first ``n`` hex digits of the SHA-256 of ``text`` (UTF-8)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def _explain(e: OSError, path: Path) -> OutputError:
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied (is the output folder read-only?)",
+        errno.EPERM: "operation not permitted",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }.get(e.errno, e.strerror or str(e))
+    return OutputError(e.errno, f"cannot write {path}: {reason}; earlier outputs were left intact")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is fsynced and renamed onto ``path``.
+
+    Use it for writers that want a file name (``safetensors.save_file``, ``PIL.Image.save``). If the block
+    raises, the temporary file is removed and ``path`` is untouched.
+
+    Raises:
+        OutputError: when the folder cannot be written (full disk, read-only, no permission).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OutputError):
+            raise
+        raise _explain(e, path) from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically and return the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically and return the path."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON record as one line, flushed and fsynced before returning.
+
+    A crash can at worst leave a truncated last line, which :func:`read_jsonl` reports and skips.
+
+    Raises:
+        OutputError: when the file cannot be written.
+    """
+    path = Path(path)
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _explain(e, path) from e
+
+
+def read_jsonl(path: str | Path, strict: bool = False) -> tuple[list[dict], list[str]]:
+    """Return ``(records, problems)`` of a JSONL file; malformed lines are skipped and described.
+
+    Args:
+        path: the file; a missing file gives no records.
+        strict: raise ``ValueError`` at the first malformed line instead of skipping it.
+
+    Returns:
+        The records that parse as JSON objects, in file order, and one message per skipped line.
+    """
+    path = Path(path)
+    records: list[dict] = []
+    problems: list[str] = []
+    if not path.exists():
+        return records, problems
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            except ValueError as e:
+                message = f"{path}:{number}: malformed JSONL line skipped ({e})"
+                if strict:
+                    raise ValueError(message) from e
+                problems.append(message)
+                continue
+            records.append(record)
+    return records, problems
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Remove ``.*.tmp-*`` files left in ``folder`` by killed writers; return how many were removed."""
+    count = 0
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            count += 1
+    return count
+
+
+class OutputLock:
+    """An exclusive, advisory lock on an output folder, so two runs cannot write into it at once.
+
+    The lock is an ``fcntl.flock`` on ``<folder>/.lock``: the kernel releases it when the process dies, so a
+    killed run never leaves a stale lock behind.
+
+    Raises:
+        OutputError: on entry, if another process holds the lock (naming its PID and command).
+    """
+
+    def __init__(self, folder: str | Path, purpose: str = "run"):
+        self.folder = Path(folder)
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _explain(e, self.folder / ".lock") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(
+                errno.EBUSY, f"{self.folder} is in use by {holder}; wait for it or choose another output folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({self.purpose})".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
