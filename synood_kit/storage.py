@@ -68,6 +68,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # some writers (safetensors) create 0600 files
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

@@ -1,0 +1,199 @@
+"""The mini-world OOD benchmark, written as ImageFolder trees plus a JSONL manifest.
+
+It mirrors ImageNet-1k vs iNaturalist/SUN/Places/Textures and OpenOOD's near/far split:
+
+=================  ===========================================  ==================================
+split              content                                      mirrors
+=================  ===========================================  ==================================
+``id_train``       12 ID categories (3 per family)              ImageNet-1k train
+``id_test``        the same 12 categories, fresh scenes         ImageNet-1k val
+``near_ood``       the held-out sibling of each family          SSB-hard, NINCO (OpenOOD near)
+``far_scenes``     scenes with context but no subject           SUN, Places
+``far_textures``   procedural textures unlike any background    Textures (DTD)
+``far_digits``     real MNIST digits as subjects, same context  iNaturalist (other real objects)
+=================  ===========================================  ==================================
+
+Every image is a pure function of ``(seed, split, class, index)``, so the benchmark is rebuilt byte-identically
+anywhere. Pretraining data of the mini-world models come from other random streams (and MNIST rows
+0-2499; the benchmark's digits are rows 2500-4999), so no benchmark image is seen in training.
+The world and its splits are fixed here: later stages must not tune them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..storage import atomic_path, atomic_write_json, atomic_write_text
+from .shapes import FAMILIES
+from .world import render, render_texture, sample_scene
+
+__all__ = [
+    "BENCHMARK_SPEC",
+    "BenchmarkSpec",
+    "build_benchmark",
+    "pretraining_digit_rows",
+    "split_image_set",
+]
+
+_SPLIT_CODES = {"id_train": 1, "id_test": 2, "near_ood": 3, "far_scenes": 4, "far_textures": 5, "far_digits": 6}
+OOD_SPLITS = ("near_ood", "far_scenes", "far_textures", "far_digits")
+FAR_OOD_SPLITS = ("far_scenes", "far_textures", "far_digits")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Classes, sizes and seed of the benchmark."""
+
+    id_classes: tuple[str, ...]  # ID categories, in label order
+    near_ood_classes: tuple[str, ...]  # held-out siblings (one per family)
+    n_train_per_class: int = 400  # id_train images per ID class
+    n_test_per_class: int = 100  # id_test images per ID class
+    n_near_per_class: int = 250  # near_ood images per held-out class
+    n_far_per_split: int = 1000  # images in each far-OOD split
+    seed: int = 2025  # world seed of the benchmark streams
+    version: int = 1  # bump if rendering changes
+
+    def scaled(self, scale: float) -> BenchmarkSpec:
+        """Return the same benchmark with every split scaled by ``scale`` (for quick tests)."""
+        def sc(n: int) -> int:
+            return max(2, int(round(n * scale)))
+
+        return BenchmarkSpec(
+            self.id_classes, self.near_ood_classes, sc(self.n_train_per_class), sc(self.n_test_per_class),
+            sc(self.n_near_per_class), sc(self.n_far_per_split), self.seed, self.version,
+        )
+
+
+# ID: three members of each family; near-OOD: the fourth, a close sibling (pentagon/hexagon,
+# circle/ellipse, five/six-point star, cross/plus sign).
+BENCHMARK_SPEC = BenchmarkSpec(
+    id_classes=(
+        "triangle", "square", "pentagon",
+        "circle", "ring", "crescent",
+        "four-point star", "five-point star", "eight-point star",
+        "cross", "arrow", "heart",
+    ),
+    near_ood_classes=("hexagon", "ellipse", "six-point star", "plus sign"),
+)
+
+
+def pretraining_digit_rows() -> np.ndarray:
+    """Return the MNIST rows the mini-world models may train on (the benchmark uses the others)."""
+    return np.arange(0, 2500)
+
+
+def _benchmark_digit_rows() -> np.ndarray:
+    return np.arange(2500, 5000)
+
+
+def _check_spec(spec: BenchmarkSpec) -> None:
+    known = {name for names in FAMILIES.values() for name in names}
+    unknown = sorted((set(spec.id_classes) | set(spec.near_ood_classes)) - known)
+    if unknown:
+        raise ValueError(f"unknown categories {unknown} in the benchmark spec; known: {sorted(known)}")
+    overlap = sorted(set(spec.id_classes) & set(spec.near_ood_classes))
+    if overlap:
+        raise ValueError(f"categories {overlap} are both ID and near-OOD")
+
+
+def _records(spec: BenchmarkSpec):
+    """Yield ``(split, folder, label, class_name, index, image, scene_meta)`` for every benchmark image."""
+    for split, classes, n in (
+        ("id_train", spec.id_classes, spec.n_train_per_class),
+        ("id_test", spec.id_classes, spec.n_test_per_class),
+        ("near_ood", spec.near_ood_classes, spec.n_near_per_class),
+    ):
+        for c, name in enumerate(classes):
+            for i in range(n):
+                rng = np.random.default_rng([spec.seed, _SPLIT_CODES[split], c, i])
+                scene = sample_scene(rng, categories=(name,))
+                label = c if split.startswith("id_") else -1
+                yield split, f"{split}/{name.replace(' ', '_')}", label, name, i, render(scene), scene
+    for split in FAR_OOD_SPLITS:
+        for i in range(spec.n_far_per_split):
+            rng = np.random.default_rng([spec.seed, _SPLIT_CODES[split], 0, i])
+            if split == "far_textures":
+                image, meta = render_texture(rng)
+                yield split, f"{split}/{meta['texture']}", -1, meta["texture"] + " texture", i, image, meta
+                continue
+            kind = "none" if split == "far_scenes" else "digit"
+            scene = sample_scene(rng, subject=kind, digit_rows=_benchmark_digit_rows())
+            name = "scene" if kind == "none" else scene.subject_name
+            yield split, f"{split}/{name.replace(' ', '_')}", -1, name, i, render(scene), scene
+
+
+def build_benchmark(root: str | Path, spec: BenchmarkSpec = BENCHMARK_SPEC, progress: bool = True) -> Path:
+    """Render the benchmark into ``root``: one ImageFolder tree per split, ``manifest.jsonl`` and
+    ``benchmark.json``. An existing complete benchmark with the same spec is reused.
+
+    Args:
+        root: output folder.
+        spec: classes, sizes and seed.
+        progress: show a progress bar.
+
+    Returns:
+        The path of ``manifest.jsonl``.
+    """
+    from tqdm.auto import tqdm
+
+    _check_spec(spec)
+    root = Path(root)
+    info_path = root / "benchmark.json"
+    manifest = root / "manifest.jsonl"
+    if info_path.is_file() and manifest.is_file():
+        info = json.loads(info_path.read_text())
+        if info.get("spec") == json.loads(json.dumps(asdict(spec))):
+            return manifest
+    total = len(spec.id_classes) * (spec.n_train_per_class + spec.n_test_per_class)
+    total += len(spec.near_ood_classes) * spec.n_near_per_class + 3 * spec.n_far_per_split
+    lines, counts = [], {}
+    start = time.time()
+    for split, folder, label, name, i, image, scene in tqdm(_records(spec), total=total, desc="mini-world benchmark", disable=not progress):
+        image_id = f"{split}-{name.replace(' ', '_')}-{i:05d}"
+        rel = f"{folder}/{image_id}.png"
+        with atomic_path(root / rel) as tmp:
+            Image.fromarray(image).save(tmp, format="PNG")
+        meta = scene if isinstance(scene, dict) else scene.to_dict()
+        record = {"id": image_id, "path": rel, "split": split, "label": label, "class_name": name, "meta": meta}
+        if not isinstance(scene, dict):
+            record.update(caption=scene.caption(), context=scene.context())
+        lines.append(json.dumps(record, separators=(",", ":")))
+        counts[split] = counts.get(split, 0) + 1
+    atomic_write_text(manifest, "\n".join(lines) + "\n")
+    atomic_write_json(
+        info_path,
+        {
+            "spec": asdict(spec),
+            "counts": counts,
+            "splits": {s: f"{s}/" for s in _SPLIT_CODES},
+            "ood_splits": list(OOD_SPLITS),
+            "far_ood_splits": list(FAR_OOD_SPLITS),
+            "build_seconds": round(time.time() - start, 1),
+        },
+    )
+    return manifest
+
+
+def split_image_set(root: str | Path, split: str):
+    """Return one split of a built benchmark as an :class:`~synood_kit.data.ImageSet`, read from its
+    ImageFolder tree exactly as an ImageNet folder would be (ID splits in ``id_classes`` label order)."""
+    from ..data import ImageSet
+
+    root = Path(root)
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; known: {list(_SPLIT_CODES)}")
+    info_path = root / "benchmark.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"no benchmark.json in {root}: build the benchmark first (`synood world build`)")
+    spec = json.loads(info_path.read_text())["spec"]
+    if split.startswith("id_"):
+        folders = [c.replace(" ", "_") for c in spec["id_classes"]]
+        s = ImageSet.from_folder(root / split, name=split, labelled=True, class_names=folders)
+        return ImageSet(s.name, s.root, s.items, tuple(spec["id_classes"]))
+    return ImageSet.from_folder(root / split, name=split, labelled=False)
