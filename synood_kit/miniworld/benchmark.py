@@ -37,6 +37,7 @@ __all__ = [
     "BENCHMARK_SPEC",
     "BenchmarkSpec",
     "build_benchmark",
+    "default_benchmark_root",
     "pretraining_digit_rows",
     "split_image_set",
 ]
@@ -81,6 +82,15 @@ BENCHMARK_SPEC = BenchmarkSpec(
     ),
     near_ood_classes=("hexagon", "ellipse", "six-point star", "plus sign"),
 )
+
+
+def default_benchmark_root(spec: BenchmarkSpec = BENCHMARK_SPEC) -> Path:
+    """Return where the kit builds ``spec`` by default: a cache folder named by the spec's content."""
+    from ..config import cache_dir
+    from ..storage import sha256_text
+
+    digest = sha256_text(json.dumps(asdict(spec), sort_keys=True))[:12]
+    return cache_dir() / "miniworld" / f"benchmark-v{spec.version}-{digest}"
 
 
 def pretraining_digit_rows() -> np.ndarray:

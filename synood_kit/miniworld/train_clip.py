@@ -95,7 +95,7 @@ def quick_zero_shot(clip, tokenizer, n_per_class: int = 25, seed: int = 123) -> 
 def train(
     run_dir: str | Path,
     out_dir: str | Path | None,
-    steps: int = 6000,
+    steps: int = 2500,
     warmup_steps: int = 800,
     batch_size: int = 256,
     pool_size: int = 60000,
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/miniworld_clip", help="run folder (checkpoints, log)")
     parser.add_argument("--out", default="assets/miniworld/clip", help="export folder of the trained model")
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--warmup-steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--pool-size", type=int, default=60000)

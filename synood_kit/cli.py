@@ -1,0 +1,146 @@
+"""The ``synood`` command line: the same runs the notebooks make, headless.
+
+    synood demo --out outputs/demo            # the main job on the offline default (mini-world)
+    synood world build [--root DIR]           # render the mini-world benchmark
+    synood mine --out negatives.json          # NegLabel negative labels (WordNet 3.0 [+ world vocabulary])
+    synood evaluate --out DIR                 # zero-shot baselines per OOD split, both FPR95 conventions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip", default="miniworld", help="open_clip name (ViT-B-16), local folder, or 'miniworld'")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file (e.g. openai)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
+
+
+def _cmd_world_build(args) -> int:
+    from .miniworld.benchmark import BENCHMARK_SPEC, build_benchmark, default_benchmark_root
+
+    spec = BENCHMARK_SPEC.scaled(args.scale) if args.scale != 1.0 else BENCHMARK_SPEC
+    root = Path(args.root) if args.root else default_benchmark_root(spec)
+    manifest = build_benchmark(root, spec)
+    info = json.loads((root / "benchmark.json").read_text())
+    print(f"benchmark at {root}\n  manifest: {manifest}\n  counts: {info['counts']}")
+    return 0
+
+
+def _cmd_mine(args) -> int:
+    import open_clip
+
+    from .config import CorpusConfig, MiningConfig
+    from .miniworld.benchmark import BENCHMARK_SPEC
+    from .models import load_clip
+    from .negatives import mine_negative_labels
+
+    if args.id_classes == "imagenet":
+        names = list(open_clip.IMAGENET_CLASSNAMES)
+    elif args.id_classes == "miniworld":
+        names = list(BENCHMARK_SPEC.id_classes)
+    else:
+        path = Path(args.id_classes)
+        if not path.is_file():
+            raise FileNotFoundError(f"--id-classes {args.id_classes!r} is neither 'imagenet', 'miniworld' nor a file of names")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    extra = ()
+    if args.world_vocabulary:
+        from .miniworld.world import world_vocabulary
+
+        extra = tuple(world_vocabulary())
+    exclude = ("noun.animal", "noun.food") if args.official_filter else ()
+    config = MiningConfig(corpus=CorpusConfig(lemmas=args.lemmas, exclude_lexnames=exclude, extra_words=extra))
+    clip = load_clip(args.clip, args.pretrained, device=args.device)
+    result = mine_negative_labels(clip, names, config)
+    result.labels.save(args.out)
+    counts = result.labels.provenance["counts"]
+    print(f"{len(result.labels)} negative labels -> {args.out}")
+    for pos, c in counts.items():
+        print(f"  {pos}: kept {c['kept']} of {c['candidates']} (threshold {result.thresholds[pos]:.4f})")
+    return 0
+
+
+def _cmd_evaluate(args, out: str | None = None) -> int:
+    from .experiments import ZeroShotRun, run_zero_shot
+
+    run = ZeroShotRun(
+        clip=args.clip,
+        pretrained=args.pretrained,
+        classifier=None if args.classifier == "none" else args.classifier,
+        benchmark_root=args.benchmark,
+        negatives=args.negatives,
+        n_boot=args.n_boot,
+        device=args.device,
+    )
+    t = time.time()
+    result = run_zero_shot(out or args.out, run)
+    print((result.out_dir / "zero_shot.md").read_text())
+    acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.accuracy.items())
+    print(f"ID top-1: {acc}\nFPR95_IDpos: FPR on OOD at 95% TPR on ID (MCM/NegLabel papers); "
+          f"FPR95_OODpos: FPR on ID at 95% TPR on OOD (OpenOOD).")
+    print(f"wrote {result.out_dir} in {time.time() - t:.0f} s")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    out = Path(args.out)
+    print("SynOOD kit demo on the offline mini-world. Stage 1/1: zero-shot baselines.")
+    return _cmd_evaluate(args, str(out / "zero_shot"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``synood`` argument parser."""
+    parser = argparse.ArgumentParser(prog="synood", description="SynOOD research kit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    world = sub.add_parser("world", help="the offline mini-world")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    build = world_sub.add_parser("build", help="render the benchmark (ImageFolder trees + manifest)")
+    build.add_argument("--root", default=None, help="output folder (default: the cache location)")
+    build.add_argument("--scale", type=float, default=1.0, help="scale every split's size (quick looks)")
+    build.set_defaults(func=_cmd_world_build)
+
+    mine = sub.add_parser("mine", help="mine NegLabel negative labels")
+    _add_model_args(mine)
+    mine.add_argument("--id-classes", default="miniworld", help="'imagenet', 'miniworld', or a text file of names")
+    mine.add_argument("--official-filter", action="store_true", help="drop noun.animal/noun.food (official files)")
+    mine.add_argument("--lemmas", default="first", choices=("first", "all"), help="lemmas per synset")
+    mine.add_argument("--world-vocabulary", action="store_true", help="add the mini-world's own words")
+    mine.add_argument("--out", required=True, help="output JSON (ordered list with provenance)")
+    mine.set_defaults(func=_cmd_mine)
+
+    for name, helptext in (("evaluate", "zero-shot OOD baselines on the mini-world"), ("demo", "the main job, offline")):
+        p = sub.add_parser(name, help=helptext)
+        _add_model_args(p)
+        p.add_argument("--classifier", default="miniworld", help="classifier folder, 'miniworld', or 'none'")
+        p.add_argument("--benchmark", default=None, help="built benchmark folder (default: build in the cache)")
+        p.add_argument("--negatives", default=None, help="saved negative labels (default: mine, cached)")
+        p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals (0: none)")
+        p.add_argument("--out", required=name == "evaluate", default="outputs/demo", help="output folder")
+        p.set_defaults(func=_cmd_demo if name == "demo" else _cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``synood`` command line; return the exit status."""
+    from .models import WeightsNotFoundError
+    from .storage import OutputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (WeightsNotFoundError, FileNotFoundError, ValueError, OutputError) as e:
+        print(f"synood {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

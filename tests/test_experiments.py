@@ -1,0 +1,103 @@
+"""The zero-shot run and the ``synood`` command line, end to end on tiny local models and a small benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from synood_kit.classifier import build_classifier, save_classifier_folder
+from synood_kit.cli import main
+from synood_kit.experiments import ZeroShotRun, run_zero_shot
+from synood_kit.metrics import METRIC_COLUMNS
+from synood_kit.miniworld.benchmark import BENCHMARK_SPEC, OOD_SPLITS, build_benchmark
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_clip_dir):
+    root = tmp_path_factory.mktemp("bench")
+    build_benchmark(root, BENCHMARK_SPEC.scaled(0.03), progress=False)
+    torch.manual_seed(0)
+    kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": len(BENCHMARK_SPEC.id_classes)}
+    clf = tmp_path_factory.mktemp("clf")
+    save_classifier_folder(build_classifier("resnet", kw), "resnet", kw, list(BENCHMARK_SPEC.id_classes), clf,
+                           {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+    return root, clf
+
+
+@pytest.fixture(scope="module")
+def zero_shot(world, tiny_clip_dir, tmp_path_factory):
+    root, clf = world
+    out = tmp_path_factory.mktemp("zs")
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SYNOOD_CACHE", str(cache))
+    run = ZeroShotRun(clip=str(tiny_clip_dir), classifier=str(clf), benchmark_root=str(root), n_boot=20)
+    result = run_zero_shot(out, run, progress=False)
+    yield result, run, out
+    mp.undo()
+
+
+def test_zero_shot_table_has_every_method_and_split(zero_shot):
+    result, _, out = zero_shot
+    table = result.table
+    assert set(table["method"]) == {"MCM", "NegLabel", "MSP", "Energy"}
+    for method in table["method"].unique():
+        rows = table[table["method"] == method]
+        assert list(rows["ood_set"]) == [*OOD_SPLITS, "mean"]
+        for col in METRIC_COLUMNS:
+            assert rows[col].between(0, 1).all()
+            mean = rows[rows["ood_set"] == "mean"][col].item()
+            assert mean == pytest.approx(rows[rows["ood_set"] != "mean"][col].mean())
+    for name in ("zero_shot.csv", "zero_shot.md", "score_histograms.png", "negatives.json", "metrics.json"):
+        assert (out / name).is_file(), name
+
+
+def test_metrics_json_records_what_ran(zero_shot):
+    result, _, out = zero_shot
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stage"] == "zero_shot"
+    assert 0.0 <= metrics["accuracy"]["clip_zero_shot"] <= 1.0
+    assert 0.0 <= metrics["accuracy"]["classifier"] <= 1.0
+    assert len(metrics["table"]) == 4 * (len(OOD_SPLITS) + 1)
+    assert "FPR95_IDpos" in metrics["fpr_convention"] and "FPR95_OODpos" in metrics["fpr_convention"]
+    assert metrics["negatives"]["count"] == len(result.negatives)
+
+
+def test_rerun_reuses_the_mined_negatives(zero_shot, monkeypatch):
+    result, run, out = zero_shot
+    before = (out / "negatives.json").stat().st_mtime_ns
+
+    def refuse(*a, **k):
+        raise AssertionError("negatives were mined again")
+
+    monkeypatch.setattr("synood_kit.negatives.mine_negative_labels", refuse)
+    again = run_zero_shot(out, run, progress=False)
+    assert (out / "negatives.json").stat().st_mtime_ns == before
+    for method, by_split in result.scores.items():
+        for split, s in by_split.items():
+            assert again.scores[method][split] == pytest.approx(s)
+
+
+def test_cli_world_build_and_bad_model(tmp_path, capsys):
+    assert main(["world", "build", "--root", str(tmp_path / "b"), "--scale", "0.01"]) == 0
+    assert (tmp_path / "b" / "manifest.jsonl").is_file()
+    status = main(["evaluate", "--clip", str(tmp_path / "no_such_clip"), "--benchmark", str(tmp_path / "b"),
+                   "--out", str(tmp_path / "o"), "--classifier", "none"])
+    assert status == 2
+    assert "open_clip_config.json" in capsys.readouterr().err
+
+
+def test_cli_mine_writes_an_ordered_list(tmp_path, tiny_clip_dir, cache_root, capsys):
+    names = tmp_path / "ids.txt"
+    names.write_text("triangle\nsquare\n")
+    out = tmp_path / "neg.json"
+    assert main(["mine", "--clip", str(tiny_clip_dir), "--id-classes", str(names), "--official-filter",
+                 "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    counts = saved["provenance"]["counts"]
+    # both names are WordNet nouns; "square" is an adjective too: ID names leave every part of speech
+    assert counts["noun"]["candidates"] == 58_424 - 2 and counts["adj"]["candidates"] == 14_001 - 1
+    assert [r["pos"] for r in saved["labels"]] == ["noun"] * counts["noun"]["kept"] + ["adj"] * counts["adj"]["kept"]
+    assert "kept" in capsys.readouterr().out
