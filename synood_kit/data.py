@@ -77,7 +77,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS):
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
-                arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+                # I;16 is 16-bit by definition (a dark image stays dark); mode "I" may hold 8-bit data.
+                sixteen_bit = im.mode.startswith("I;16") or arr.max() > 255
+                arr = arr / (65535.0 if sixteen_bit else 255.0)
                 arr = np.repeat(arr[..., None], 3, axis=2)
             else:
                 if im.mode in ("RGBA", "LA", "P", "PA"):
@@ -202,6 +204,9 @@ class ImageSet:
     def from_file_list(cls, list_path: str | Path, data_root: str | Path, name: str | None = None) -> ImageSet:
         """Read an OpenOOD-style image list: one ``<relative path> <label>`` per line (label optional).
 
+        A line whose last word is not an integer is read as a path without a label (paths may contain
+        spaces); such images get label -1.
+
         Args:
             list_path: the text file, e.g. OpenOOD v1.5's ``benchmark_imglist/imagenet/test_ssb_hard.txt``.
             data_root: the folder the relative paths start from.
@@ -209,7 +214,7 @@ class ImageSet:
 
         Raises:
             FileNotFoundError: if the list does not exist.
-            ValueError: for malformed lines, non-integer labels, escaping paths or an empty list.
+            ValueError: for malformed lines, escaping paths or an empty list.
         """
         list_path = Path(list_path)
         if not list_path.is_file():

@@ -7,8 +7,9 @@
   images that cannot be read are skipped and recorded with their reason, and the rest goes on.
 
 Any encoder works that has ``fingerprint``, ``transform`` (a picklable ``(B,3,H,W) [0,1] -> inputs``
-callable with a ``description``) and ``encode_inputs(inputs) -> (B, D)``: :class:`~synood_kit.models.ClipModel`
-and the classifier wrapper both do.
+callable with a ``description``), ``encode_inputs(inputs) -> (B, D)`` and ``model`` (a module whose
+parameters give the device inputs are moved to): :class:`~synood_kit.models.ClipModel` and the classifier
+wrapper both do.
 """
 
 from __future__ import annotations

@@ -275,6 +275,8 @@ def summarize(
 
     if not ood_scores:
         raise ValueError("ood_scores is empty: pass at least one {name: scores} OOD set")
+    if "mean" in ood_scores:
+        raise ValueError("an OOD set may not be named 'mean': that row holds the mean over sets")
     id_arr = _as_scores(id_scores, "id_scores")
     sets = {name: _as_scores(s, f"ood_scores[{name!r}]") for name, s in ood_scores.items()}
     rows = {name: {**_all_metrics(id_arr, arr, tpr), "n_id": id_arr.size, "n_ood": arr.size} for name, arr in sets.items()}

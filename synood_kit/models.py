@@ -196,6 +196,11 @@ def load_clip(
 
     name, tag = resolve_clip_source(model, pretrained)
     if not name.startswith(("local-dir:", "hf-hub:")):
+        if name not in open_clip.list_models() and (os.sep in name or name.startswith((".", "~"))):
+            raise WeightsNotFoundError(
+                f"CLIP folder {name!r} does not exist (looked for a local folder holding "
+                "open_clip_config.json and open_clip_model.safetensors). " + _offline_hint(model, pretrained)
+            )
         if name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {name!r}; known e.g. {open_clip.list_models()[:8]} ...")
         if tag is None:
@@ -208,7 +213,10 @@ def load_clip(
     if name.startswith("local-dir:"):
         folder = Path(name.split(":", 1)[1])
         if not (folder / "open_clip_config.json").is_file():
-            raise WeightsNotFoundError(f"no open_clip_config.json in {folder} (looked for a local CLIP folder)")
+            raise WeightsNotFoundError(
+                f"no open_clip_config.json in {folder} (looked for a local CLIP folder). "
+                + _offline_hint(model, pretrained)
+            )
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=tag, device=device, precision=precision, weights_only=True

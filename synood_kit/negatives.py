@@ -46,7 +46,7 @@ class NegativeLabels:
         """Write the list as JSON atomically (the order is the order of ``labels``)."""
         rows = [
             {"word": w, "pos": p, "prompt": t, "percentile_similarity": s}
-            for w, p, t, s in zip(self.words, self.pos, self.prompts, self.percentile_similarity)
+            for w, p, t, s in zip(self.words, self.pos, self.prompts, self.percentile_similarity, strict=True)
         ]
         return atomic_write_json(path, {"format": FORMAT_VERSION, "provenance": self.provenance, "labels": rows})
 
@@ -102,7 +102,7 @@ def build_corpus(config: MiningConfig, id_class_names: list[str]) -> Corpus:
     base = load_wordnet_corpus(cc.lemmas, tuple(cc.exclude_lexnames), tuple(cc.parts_of_speech))
     id_lower = {c.lower() for c in id_class_names}
     words, pos, seen = [], [], set()
-    for w, p in list(zip(base.words, base.pos)) + [tuple(x) for x in cc.extra_words]:
+    for w, p in list(zip(base.words, base.pos, strict=True)) + [tuple(x) for x in cc.extra_words]:
         if p not in ("noun", "adj"):
             raise ValueError(f"extra word {w!r} has part of speech {p!r}; expected 'noun' or 'adj'")
         key = (w.lower(), p)
@@ -168,11 +168,11 @@ def mine_negative_labels(
     config = config or MiningConfig()
     if not id_class_names:
         raise ValueError("id_class_names is empty: mining needs the ID label set")
-    corpus = corpus or build_corpus(config, list(id_class_names))
+    corpus = corpus if corpus is not None else build_corpus(config, list(id_class_names))
     kw = {"cache_root": cache_root, "batch_size": config.text_batch_size, "progress": progress}
     id_feats = text_features(clip, [config.id_prompt.format(c) for c in id_class_names], **kw)
     prompt_of = {"noun": config.noun_prompt, "adj": config.adj_prompt}
-    prompts = [prompt_of[p].format(w) for w, p in zip(corpus.words, corpus.pos)]
+    prompts = [prompt_of[p].format(w) for w, p in zip(corpus.words, corpus.pos, strict=True)]
     cand_feats = text_features(clip, prompts, **kw)
     stat = percentile_similarity(cand_feats, id_feats, config.percentile).numpy()
     pos_arr = np.array(corpus.pos)
@@ -193,7 +193,7 @@ def mine_negative_labels(
         "corpus_fingerprint": corpus.fingerprint,
         "id_labels": len(id_class_names),
         "id_labels_fingerprint": sha256_text("\n".join(id_class_names)),
-        "config": dataclasses.asdict(config),
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),  # tuples -> lists, as when reloaded
         "counts": counts,
         "thresholds": thresholds,
         "order": "nouns then adjectives; within each, ascending percentile similarity (farthest first)",

@@ -194,6 +194,8 @@ def grouped_id_probability(
     Returns:
         ``(N,)`` scores in ``[0, 1]``; higher = more in-distribution.
     """
+    if n_groups is not None and n_groups < 1:
+        raise ValueError(f"n_groups must be None or >= 1, got {n_groups}")
     lse_id = torch.logsumexp(id_logits, dim=1, keepdim=True)
     groups = n_groups or 1
     if neg_logits.shape[1] % groups:
@@ -235,6 +237,8 @@ def neglabel_score(
     _check_features(image_features, id_text_features, "id_text_features")
     _check_features(image_features, neg_text_features, "neg_text_features")
     _check_temperature(temperature)
+    if n_groups is not None and n_groups < 1:
+        raise ValueError(f"n_groups must be None or >= 1, got {n_groups}")
     n_id = len(id_text_features)
     if n_groups is not None and n_groups > 1:
         # Reorder the negatives' rows once so that every group is a contiguous block of columns.

@@ -44,7 +44,7 @@ class Corpus:
     @property
     def fingerprint(self) -> str:
         """Return a short content hash of the words and their parts of speech (a cache key)."""
-        digest = hashlib.sha256("\n".join(f"{p}\t{w}" for w, p in zip(self.words, self.pos)).encode())
+        digest = hashlib.sha256("\n".join(f"{p}\t{w}" for w, p in zip(self.words, self.pos, strict=True)).encode())
         return digest.hexdigest()[:16]
 
 

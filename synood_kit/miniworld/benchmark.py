@@ -39,6 +39,7 @@ __all__ = [
     "build_benchmark",
     "default_benchmark_root",
     "pretraining_digit_rows",
+    "read_manifest",
     "split_image_set",
 ]
 
@@ -188,6 +189,20 @@ def build_benchmark(root: str | Path, spec: BenchmarkSpec = BENCHMARK_SPEC, prog
         },
     )
     return manifest
+
+
+def read_manifest(root: str | Path, split: str | None = None) -> list[dict]:
+    """Return the benchmark's manifest records (``id``, ``path``, ``split``, ``label``, ``class_name``,
+    ``meta``, and for scenes ``caption`` and ``context``), optionally of one split, in file order."""
+    path = Path(root) / "manifest.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest.jsonl in {root}: build the benchmark first (`synood world build`)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if split is not None:
+        if split not in _SPLIT_CODES:
+            raise ValueError(f"unknown split {split!r}; known: {list(_SPLIT_CODES)}")
+        records = [r for r in records if r["split"] == split]
+    return records
 
 
 def split_image_set(root: str | Path, split: str):
