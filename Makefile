@@ -9,6 +9,7 @@ OUT    ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
+export SYNOOD_CACHE ?= $(CURDIR)/.cache/synood
 
 .PHONY: demo test install lint clean-venv
 

@@ -47,7 +47,8 @@ def clip_quality(clip="miniworld", root=None, progress: bool = False) -> dict:
     all_text = text_features(clip, [PROMPT.format(c) for c in names], progress=False)
     near = split_image_set(root, "near_ood")
     near_feats = image_features(clip, near, progress=progress)
-    by_id = {r["id"]: r["class_name"] for r in read_manifest(root, "near_ood")}
+    # ImageFolder ids are "<class folder>/<file stem>"
+    by_id = {str(Path(r["path"]).relative_to("near_ood").with_suffix("").as_posix()): r["class_name"] for r in read_manifest(root, "near_ood")}
     labels_all = [names.index(id_set.class_names[y]) for y in id_feats.labels] + [names.index(by_id[i]) for i in near_feats.ids]
     import torch
 

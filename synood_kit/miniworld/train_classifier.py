@@ -64,7 +64,7 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 def train(
     run_dir: str | Path,
     out_dir: str | Path | None,
-    steps: int = 1500,
+    steps: int = 750,
     batch_size: int = 128,
     pool_size: int = 24000,
     lr: float = 2e-3,
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/miniworld_classifier", help="run folder (checkpoints, log)")
     parser.add_argument("--out", default="assets/miniworld/classifier", help="export folder of the trained model")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=750)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--pool-size", type=int, default=24000)
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -166,7 +166,7 @@ def train(
         optimizer.step()
         with torch.no_grad():
             model.clip.logit_scale.clamp_(0, math.log(100))
-        record = {"step": step + 1, "loss_heads": round(float(loss_heads), 4), "loss_clip": round(float(loss_clip), 4), "seconds": round(time.time() - t0, 1)}
+        record = {"step": step + 1, "loss_heads": round(float(loss_heads.detach()), 4), "loss_clip": round(float(loss_clip.detach()), 4), "seconds": round(time.time() - t0, 1)}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             record["zero_shot_16"] = quick_zero_shot(model.clip, tokenizer)
             bar.set_postfix(zs=f"{record['zero_shot_16']:.3f}", loss=f"{float(loss):.3f}")

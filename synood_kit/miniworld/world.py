@@ -217,6 +217,16 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
 
 
+def render_mnist_digit(index: int) -> tuple[np.ndarray, dict]:
+    """Return one real MNIST digit as a 32x32 RGB image (white on black, padded by 2 pixels, no world context)
+    and its metadata ``{"digit", "digit_index"}``; a far-OOD image from another dataset."""
+    x, y = _mnist()
+    if not 0 <= index < len(x):
+        raise ValueError(f"MNIST index must be in [0, {len(x)}), got {index}")
+    img = np.pad(x[index], 2)
+    return np.repeat(img[..., None], 3, axis=-1), {"digit": int(y[index]), "digit_index": int(index)}
+
+
 def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """Return the pattern colour of a background: lighter on dark colours, darker on light ones."""
     light = sum(rgb) / 3 > 128

@@ -1,0 +1,74 @@
+"""The mini-world training scripts: --smoke runs export loadable models; a resumed run equals an uninterrupted one;
+the shipped models load through the public loaders."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from synood_kit.classifier import load_classifier
+from synood_kit.config import assets_dir
+from synood_kit.miniworld import train_classifier, train_clip
+from synood_kit.miniworld.benchmark import BENCHMARK_SPEC
+from synood_kit.models import load_clip
+
+
+def test_clip_smoke_exports_an_open_clip_folder(tmp_path):
+    train_clip.main(["--smoke", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
+    clip = load_clip(str(tmp_path / "model"))
+    feats = clip.encode_images(torch.rand(2, 3, 32, 32))
+    assert feats.shape == (2, train_clip.CLIP_CFG["embed_dim"]) and torch.isfinite(feats).all()
+    assert (tmp_path / "run" / "log.jsonl").is_file()
+
+
+def test_classifier_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    kw = {"batch_size": 8, "pool_size": 48, "image_size": 32, "checkpoint_every": 2, "eval_every": 2, "progress": False}
+    train_classifier.train(tmp_path / "full", None, steps=4, **kw)
+
+    real_save = train_classifier.save_checkpoint
+
+    def save_then_die(run_dir, model, optimizer, step, extra=None):
+        real_save(run_dir, model, optimizer, step, extra)
+        if step == 2:
+            raise KeyboardInterrupt("killed after the step-2 checkpoint")
+
+    monkeypatch.setattr(train_classifier, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier.train(tmp_path / "resumed", None, steps=4, **kw)
+    monkeypatch.setattr(train_classifier, "save_checkpoint", real_save)
+    train_classifier.train(tmp_path / "resumed", None, steps=4, **kw)
+    full = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"))
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], msg=k)
+
+
+def test_classifier_smoke_exports_a_loadable_folder(tmp_path):
+    train_classifier.main(["--smoke", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
+    clf = load_classifier(str(tmp_path / "model"))
+    assert clf.logits(torch.rand(3, 3, 32, 32)).shape == (3, len(clf.class_names))
+
+
+shipped = pytest.mark.skipif(
+    not (assets_dir() / "miniworld" / "clip" / "open_clip_config.json").is_file(),
+    reason="the shipped mini-world models are not in assets/",
+)
+
+
+@shipped
+def test_shipped_models_load_quickly_through_the_public_loaders():
+    t = time.perf_counter()
+    clip = load_clip("miniworld")
+    clf = load_classifier("miniworld")
+    models = [clip, clf]
+    mllm_dir = assets_dir() / "miniworld" / "mllm"
+    if mllm_dir.is_dir():
+        from synood_kit.mllm import load_mllm
+
+        models.append(load_mllm("miniworld"))
+    seconds = time.perf_counter() - t
+    assert seconds < 10.0, f"loading the mini-world models took {seconds:.1f} s"
+    assert clf.class_names == BENCHMARK_SPEC.id_classes
