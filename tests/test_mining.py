@@ -147,6 +147,9 @@ def test_mining_keeps_fifteen_percent_of_each_part_of_speech(mined):
         assert kept == int(candidates * 0.15)
         assert labels.provenance["counts"][pos] == {"candidates": candidates, "kept": kept}
     assert len(labels) == int(mined.corpus.count("noun") * 0.15) + int(mined.corpus.count("adj") * 0.15)
+    # the counts quoted in docs/neglabel.md and README.md (they depend on the corpus, not on the model)
+    assert (mined.corpus.count("noun"), mined.corpus.count("adj")) == (66_360, 13_990)
+    assert (sum(p == "noun" for p in labels.pos), sum(p == "adj" for p in labels.pos)) == (9_954, 2_098)
 
 
 def test_mined_labels_are_ordered_and_are_the_farthest_candidates(mined):

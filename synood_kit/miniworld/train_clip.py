@@ -169,7 +169,7 @@ def train(
         record = {"step": step + 1, "loss_heads": round(float(loss_heads.detach()), 4), "loss_clip": round(float(loss_clip.detach()), 4), "seconds": round(time.time() - t0, 1)}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             record["zero_shot_16"] = quick_zero_shot(model.clip, tokenizer)
-            bar.set_postfix(zs=f"{record['zero_shot_16']:.3f}", loss=f"{float(loss):.3f}")
+            bar.set_postfix(zs=f"{record['zero_shot_16']:.3f}", loss=f"{float(loss.detach()):.3f}")
             log_step(run_dir, record)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_checkpoint(run_dir, model, optimizer, step + 1)
