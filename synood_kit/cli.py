@@ -4,6 +4,7 @@
     synood world build [--root DIR]           # render the mini-world benchmark
     synood mine --out negatives.json          # NegLabel negative labels (WordNet 3.0 [+ world vocabulary])
     synood evaluate --out DIR                 # zero-shot baselines per OOD split, both FPR95 conventions
+    synood synthesize --out DIR               # near-boundary OOD synthesis (resumable, shardable)
 """
 
 from __future__ import annotations
@@ -90,6 +91,66 @@ def _cmd_evaluate(args, out: str | None = None) -> int:
     return 0
 
 
+def _shard_from_env() -> tuple[int, int]:
+    """Return ``(rank, world_size)`` as set by ``accelerate launch`` / ``torchrun`` (``(0, 1)`` otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _cmd_synthesize(args) -> int:
+    import torch
+
+    from .classifier import load_classifier
+    from .data import load_image
+    from .guidance import OFFICIAL_MARGIN, boundary_target, classifier_scorer
+    from .inpainting import GuidanceConfig, InpaintConfig, context_prompt, load_inpaint_pipeline
+    from .miniworld.benchmark import build_benchmark, default_benchmark_root, read_manifest
+    from .synthesis import SynthesisConfig, SynthesisSource, synthesize
+
+    root = Path(args.benchmark) if args.benchmark else default_benchmark_root()
+    build_benchmark(root)
+    records = read_manifest(root, args.split)
+    per_class: dict[str, int] = {}
+    chosen = []
+    for r in records:
+        if per_class.get(r["class_name"], 0) < args.per_class:
+            per_class[r["class_name"]] = per_class.get(r["class_name"], 0) + 1
+            chosen.append(r)
+    if not chosen:
+        raise ValueError(f"split {args.split!r} of {root} has no images")
+    images = torch.stack([load_image(root / r["path"]) for r in chosen])
+    if args.context == "mllm":
+        from .mllm import describe_context, load_mllm
+
+        mllm = load_mllm(args.mllm, device=args.device)
+        answers = [a for i in range(0, len(images), 32) for a in describe_context(mllm, images[i : i + 32])]
+    else:
+        answers = [", ".join(r["context"]) for r in chosen]
+    inpaint = InpaintConfig(num_inference_steps=args.steps, strength=args.strength, guidance_scale=args.cfg)
+    sources = [
+        SynthesisSource(r["id"], img, context_prompt(a, inpaint), {"class_name": r["class_name"], "label": r["label"],
+                                                                   "context_answer": a})
+        for r, img, a in zip(chosen, images, answers, strict=True)
+    ]
+    clf = load_classifier(args.classifier, device=args.device)
+    form = "official" if args.target == "official" else "energy"
+    scorer = classifier_scorer(clf, form=form)
+    target = OFFICIAL_MARGIN if args.target == "official" else boundary_target(scorer, images.to(args.device))
+    guidance = GuidanceConfig(rounds=args.rounds, step_size=args.step_size, target=target, normalize=args.normalize,
+                              official_rounds=args.target == "official")
+    config = SynthesisConfig(inpaint=inpaint, guidance=guidance, scorer=f"classifier-{form}", seed=args.seed,
+                             batch_size=args.batch_size)
+    pipe = load_inpaint_pipeline(args.pipeline, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    rank, world = _shard_from_env()
+    t = time.time()
+    written = list(synthesize(pipe, sources, scorer, args.out, config, rank=rank, world_size=world))
+    print(f"rank {rank}/{world}: wrote {len(written)} images to {args.out} in {time.time() - t:.0f} s "
+          f"(target {target:.3f}, {len(sources)} sources in the run)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     out = Path(args.out)
     print("SynOOD kit demo on the offline mini-world. Stage 1/1: zero-shot baselines.")
@@ -116,6 +177,28 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--world-vocabulary", action="store_true", help="add the mini-world's own words")
     mine.add_argument("--out", required=True, help="output JSON (ordered list with provenance)")
     mine.set_defaults(func=_cmd_mine)
+
+    syn = sub.add_parser("synthesize", help="near-boundary OOD synthesis (resumable; shards under accelerate launch)")
+    syn.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    syn.add_argument("--pipeline", default="miniworld", help="in-painting pipeline folder, hub id, or 'miniworld'")
+    syn.add_argument("--classifier", default="miniworld", help="guidance classifier folder or 'miniworld'")
+    syn.add_argument("--benchmark", default=None, help="built benchmark folder (default: the cache location)")
+    syn.add_argument("--split", default="id_train", help="source split")
+    syn.add_argument("--per-class", type=int, default=4, help="source images per class")
+    syn.add_argument("--context", default="truth", choices=("truth", "mllm"), help="prompt context source")
+    syn.add_argument("--mllm", default="miniworld", help="MLLM folder, hub id or 'miniworld' (with --context mllm)")
+    syn.add_argument("--target", default="boundary", choices=("boundary", "official"),
+                     help="boundary: the ID 5%% quantile of the energy score (reachable); official: margin -5")
+    syn.add_argument("--rounds", type=int, default=3, help="noise updates")
+    syn.add_argument("--step-size", type=float, default=10.0, help="lr on the initial noise")
+    syn.add_argument("--normalize", default="none", choices=("none", "unit", "clip"), help="gradient normalisation")
+    syn.add_argument("--steps", type=int, default=20, help="scheduler steps")
+    syn.add_argument("--strength", type=float, default=0.6, help="in-painting strength in (0, 1]")
+    syn.add_argument("--cfg", type=float, default=8.0, help="classifier-free guidance scale")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--batch-size", type=int, default=8, help="images per refinement call")
+    syn.add_argument("--device", default="cpu")
+    syn.set_defaults(func=_cmd_synthesize)
 
     for name, helptext in (("evaluate", "zero-shot OOD baselines on the mini-world"), ("demo", "the main job, offline")):
         p = sub.add_parser(name, help=helptext)

@@ -1,0 +1,186 @@
+"""SynOOD stage 2: ask an MLLM for an image's context, parse the reply, and build the diffusion prompt.
+
+One small protocol (``ask(images, question) -> answers``), three backends:
+
+* :class:`TransformersBackend`: any transformers image-text-to-text model by name or folder (LLaVA-1.5,
+  Qwen2-VL, ...) through ``AutoModelForImageTextToText`` + ``AutoProcessor``;
+* the same class with ``"miniworld"``: the shipped mini-world MLLM;
+* :class:`OpenAIBackend`: an OpenAI-compatible chat endpoint (vLLM, SGLang, Ollama), with the official
+  ``openai`` client; the API key is read from the environment and never written anywhere.
+
+:func:`prompt_contexts` writes one JSONL row per image (id, question, raw answer, parsed context, prompt, and
+the reason of any fallback) and resumes from the rows already written.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .inpainting import InpaintConfig, context_prompt
+
+__all__ = [
+    "OpenAIBackend",
+    "ParsedReply",
+    "PromptingConfig",
+    "TransformersBackend",
+    "parse_reply",
+    "prompt_contexts",
+]
+
+
+@dataclass(frozen=True)
+class PromptingConfig:
+    """The question, the parser's fallback and the diffusion prompt (official values as defaults)."""
+
+    question: str = "Describe everything in this image except the main subject."  # the official question is unpublished
+    fallback_context: str = "the background"  # context used when a reply has no usable element
+    max_new_tokens: int = 48  # generation limit of local backends
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)  # prompt template and 73-character truncation
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """A parsed MLLM reply."""
+
+    elements: tuple[str, ...]  # context elements, in reply order
+    context: str  # the text that fills the prompt template
+    fallback: str | None  # why the fallback context was used, or None
+
+
+_REFUSAL = re.compile(r"\b(sorry|i cannot|i can't|i am unable|as an ai)\b", re.IGNORECASE)
+
+
+def parse_reply(answer, config: PromptingConfig | None = None) -> ParsedReply:
+    """Parse an MLLM reply into context elements, robust to lists, sentences, quotes, empty or garbage replies.
+
+    Args:
+        answer: the raw reply (anything: a non-string is recorded as a fallback).
+        config: the fallback context.
+
+    Returns:
+        A :class:`ParsedReply`; ``fallback`` names the reason whenever ``config.fallback_context`` was used.
+    """
+    from .mllm import parse_context
+
+    config = config or PromptingConfig()
+
+    def fallback(reason: str) -> ParsedReply:
+        return ParsedReply((), config.fallback_context, reason)
+
+    if not isinstance(answer, str):
+        return fallback(f"reply is a {type(answer).__name__}, not text")
+    text = answer.strip().strip("\"'`")
+    if not text:
+        return fallback("empty reply")
+    if _REFUSAL.search(text):
+        return fallback("refusal")
+    elements = tuple(e for e in parse_context(text) if sum(c.isalpha() for c in e) >= 2)
+    if not elements:
+        return fallback("no words in reply")
+    return ParsedReply(elements, ", ".join(elements), None)
+
+
+class TransformersBackend:
+    """A transformers image-text-to-text model (``"miniworld"``, a folder, or a hub id such as
+    ``"llava-hf/llava-1.5-7b-hf"``)."""
+
+    def __init__(self, source: str = "miniworld", device: str = "cpu", max_new_tokens: int = 48):
+        from .mllm import load_mllm
+
+        self.mllm = load_mllm(source, device=device)
+        self.name = f"transformers:{source}"
+        self.max_new_tokens = max_new_tokens
+
+    def ask(self, images: torch.Tensor, question: str) -> list[str]:
+        """Return one answer per ``(B, 3, H, W)`` image in ``[0, 1]``."""
+        from .mllm import describe_context
+
+        return describe_context(self.mllm, images, question, max_new_tokens=self.max_new_tokens, progress=False)
+
+
+def _data_url(image: torch.Tensor) -> str:
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat endpoint (``base_url`` such as ``http://localhost:8000/v1`` for vLLM).
+
+    The API key is read from ``api_key_env`` (default ``OPENAI_API_KEY``; a placeholder if unset, as local
+    servers accept any key); it is never stored in records or logs.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
+                 max_tokens: int = 48):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "not-needed", timeout=timeout)
+        self.model = model
+        self.name = f"openai:{model}@{base_url}"
+        self.max_tokens = max_tokens
+
+    def ask(self, images: torch.Tensor, question: str) -> list[str]:
+        """Return one answer per image (one request each; an error becomes an empty answer, recorded later)."""
+        answers = []
+        for image in images:
+            messages = [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": _data_url(image)}},
+                {"type": "text", "text": question},
+            ]}]
+            reply = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=self.max_tokens,
+                                                        temperature=0.0)
+            answers.append(reply.choices[0].message.content or "")
+        return answers
+
+
+def prompt_contexts(backend, items, out_path: str | Path, config: PromptingConfig | None = None,
+                    batch_size: int = 32, progress: bool = True) -> list[dict]:
+    """Ask ``backend`` about every ``(id, image)`` not yet in ``out_path`` and append one JSONL row each.
+
+    Args:
+        backend: an object with ``ask(images, question) -> list[str]`` and a ``name``.
+        items: ``[(image id, (3, H, W) image in [0, 1])]``.
+        out_path: the JSONL file (rows already there are kept and skipped).
+        config: question, fallback and prompt template.
+        batch_size: images per ``ask`` call.
+        progress: show a progress bar.
+
+    Returns:
+        Every row of the file for ``items``, in ``items`` order.
+    """
+    from tqdm.auto import tqdm
+
+    from .storage import append_jsonl, read_jsonl
+
+    config = config or PromptingConfig()
+    out_path = Path(out_path)
+    rows = {r["id"]: r for r in read_jsonl(out_path)[0] if "id" in r}
+    todo = [(i, img) for i, img in items if i not in rows]
+    for k in tqdm(range(0, len(todo), batch_size), desc="MLLM context", disable=not progress or not todo):
+        chunk = todo[k : k + batch_size]
+        answers = backend.ask(torch.stack([img for _, img in chunk]), config.question)
+        for (image_id, _), answer in zip(chunk, answers, strict=True):
+            parsed = parse_reply(answer, config)
+            row = {
+                "id": image_id,
+                "backend": backend.name,
+                "question": config.question,
+                "answer": answer,
+                "context": list(parsed.elements),
+                "fallback": parsed.fallback,
+                "prompt": context_prompt(parsed.context, config.inpaint),
+            }
+            append_jsonl(out_path, row)
+            rows[image_id] = row
+    return [rows[i] for i, _ in items]

@@ -1,0 +1,194 @@
+"""Batch synthesis: run the refinement loop over many source images, resumably and in shards.
+
+Layout of an output folder::
+
+    images/<source id>.png        the synthetic image (the refinement's last generation)
+    records-<rank>.jsonl          one provenance record per image, written after its image
+    synthesis.json                the run's configuration (a rerun must match it)
+
+Guarantees:
+
+* **Deterministic per image.** Every image's noise comes from a generator seeded by ``(seed, source id)``, and
+  batches are fixed by position (batch ``k`` is sources ``[k*B, (k+1)*B)``), so an image does not depend on
+  which process made it or when.
+* **Resumable, exactly once.** A batch is done when all its records are on disk; a rerun skips done batches
+  and redoes a partly written one (images are written atomically, so a half-written PNG is never read as
+  whole; records are read back deduplicated by id). Killed at any moment and run again, the folder ends
+  with every image once, byte-identical to an uninterrupted run.
+* **Sharded.** ``rank``/``world_size`` (e.g. from ``accelerate launch``) take batches ``k`` with
+  ``k % world_size == rank``; the union of the shards equals a one-process run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .inpainting import GuidanceConfig, InpaintConfig, refine_steps
+
+__all__ = ["SynthesisConfig", "SynthesisSource", "item_seed", "read_records", "synthesize"]
+
+
+@dataclass(frozen=True)
+class SynthesisSource:
+    """One source image and its diffusion prompt."""
+
+    id: str  # unique id (becomes the file name)
+    image: torch.Tensor  # (3, H, W) in [0, 1]
+    prompt: str  # e.g. context_prompt(MLLM answer)
+    meta: dict = field(default_factory=dict)  # carried into the record (label, class name, context ...)
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """A batch synthesis run (recorded in ``synthesis.json``)."""
+
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)  # the in-painting call
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)  # the refinement
+    scorer: str = "classifier-energy"  # a name for the record (the scorer itself is passed in)
+    seed: int = 0  # base seed; each image's seed is item_seed(seed, id)
+    batch_size: int = 8  # images per refinement call (the unit of resumption)
+
+
+def item_seed(seed: int, item_id: str) -> int:
+    """Return the seed of one image: a hash of ``(seed, id)``, independent of order, process and device."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{item_id}".encode()).digest()[:7], "big")
+
+
+def read_records(out_dir: str | Path) -> dict[str, dict]:
+    """Return ``{id: record}`` from every ``records-*.jsonl`` of a folder (a truncated last line is skipped)."""
+    from .storage import read_jsonl
+
+    records: dict[str, dict] = {}
+    for path in sorted(Path(out_dir).glob("records-*.jsonl")):
+        for rec in read_jsonl(path)[0]:
+            if "id" in rec:
+                records.setdefault(rec["id"], rec)
+    return records
+
+
+def _config_json(config: SynthesisConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _check_config(out: Path, config: SynthesisConfig) -> None:
+    from .storage import atomic_write_json
+
+    path = out / "synthesis.json"
+    want = _config_json(config)
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have != want:
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise ValueError(f"{out} holds a synthesis run with another configuration (differs in {diff}); use a new folder")
+    else:
+        atomic_write_json(path, want)
+
+
+def synthesize(
+    pipe,
+    sources: Sequence[SynthesisSource],
+    scorer: Callable[[torch.Tensor], torch.Tensor],
+    out_dir: str | Path,
+    config: SynthesisConfig | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> Iterator[dict]:
+    """Synthesise every source of this shard not yet done; yield each new record as it is written.
+
+    Args:
+        pipe: a diffusers ``StableDiffusionInpaintPipeline``.
+        sources: all sources of the run, in a fixed order (every process passes the same list).
+        scorer: the guidance scorer (see :mod:`synood_kit.guidance`).
+        out_dir: output folder (created).
+        config: the run's settings; must equal the folder's ``synthesis.json`` if it exists.
+        rank, world_size: this process's shard.
+        progress: show a progress bar.
+
+    Yields:
+        The provenance record of each image written by this call.
+
+    Raises:
+        ValueError: on duplicate source ids, a bad shard, or a folder holding another configuration.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .storage import OutputLock, append_jsonl, atomic_path
+
+    config = config or SynthesisConfig()
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    ids = [s.id for s in sources]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"duplicate source ids {dup}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with OutputLock(out / "locks" / f"rank-{rank}", purpose="synthesis"):
+        if rank == 0:
+            _check_config(out, config)
+        done = read_records(out)
+        bs = config.batch_size
+        batches = [k for k in range(0, (len(sources) + bs - 1) // bs) if k % world_size == rank]
+        todo = [k for k in batches if not all(s.id in done for s in sources[k * bs : (k + 1) * bs])]
+        bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc=f"synthesis [{rank}/{world_size}]",
+                   disable=not progress)
+        for k in todo:
+            batch = list(sources[k * bs : (k + 1) * bs])
+            images = torch.stack([s.image for s in batch])
+            noise = torch.stack([
+                torch.randn(_latent_shape(pipe, images), generator=torch.Generator().manual_seed(item_seed(config.seed, s.id)))
+                for s in batch
+            ])
+            start = time.perf_counter()
+            steps = list(refine_steps(
+                pipe, images, [s.prompt for s in batch], scorer, config.guidance, config.inpaint, noise=noise,
+                generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
+            ))
+            last = steps[-1]
+            seconds = time.perf_counter() - start
+            for j, s in enumerate(batch):
+                if s.id in done:
+                    continue
+                path = out / "images" / f"{s.id}.png"
+                array = (last.image[j].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                with atomic_path(path) as tmp:
+                    Image.fromarray(array).save(tmp, format="PNG")
+                record = {
+                    "id": s.id,
+                    "image": f"images/{s.id}.png",
+                    "prompt": s.prompt,
+                    "seed": item_seed(config.seed, s.id),
+                    "scorer": config.scorer,
+                    "scores": [float(st.score[j]) for st in steps],
+                    "losses": [float(st.loss[j]) for st in steps],
+                    "rejected": [bool(st.rejected[j]) if st.rejected else False for st in steps],
+                    "cost": {
+                        "unet_evals": sum(st.unet_evals for st in steps),
+                        "vae_decodes": sum(st.vae_decodes for st in steps),
+                        "seconds": round(seconds / len(batch), 3),
+                    },
+                    "config": _config_json(config),
+                    "meta": s.meta,
+                    "rank": rank,
+                }
+                append_jsonl(out / f"records-{rank}.jsonl", record)
+                done[s.id] = record
+                yield record
+            bar.update(1)
+        bar.close()
+
+
+def _latent_shape(pipe, images: torch.Tensor) -> tuple[int, ...]:
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return (pipe.vae.config.latent_channels, images.shape[-2] // factor, images.shape[-1] // factor)
