@@ -144,8 +144,23 @@ def _cmd_synthesize(args) -> int:
     pipe = load_inpaint_pipeline(args.pipeline, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     rank, world = _shard_from_env()
+    labeler = None
+    if args.clip != "none":
+        from .experiments import miniworld_mining_config
+        from .models import load_clip
+        from .negatives import NegativeLabels, mine_negative_labels
+        from .synthesis import negative_labeler
+
+        clip = load_clip(args.clip, args.pretrained, device=args.device)
+        if args.negatives:
+            negatives = NegativeLabels.load(args.negatives)
+        else:
+            from .miniworld.benchmark import BENCHMARK_SPEC
+
+            negatives = mine_negative_labels(clip, list(BENCHMARK_SPEC.id_classes), miniworld_mining_config(), progress=False).labels
+        labeler = negative_labeler(clip, negatives, args.out if rank == 0 else None)
     t = time.time()
-    written = list(synthesize(pipe, sources, scorer, args.out, config, rank=rank, world_size=world))
+    written = list(synthesize(pipe, sources, scorer, args.out, config, rank=rank, world_size=world, labeler=labeler))
     print(f"rank {rank}/{world}: wrote {len(written)} images to {args.out} in {time.time() - t:.0f} s "
           f"(target {target:.3f}, {len(sources)} sources in the run)")
     return 0
@@ -197,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--cfg", type=float, default=8.0, help="classifier-free guidance scale")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--batch-size", type=int, default=8, help="images per refinement call")
+    syn.add_argument("--clip", default="miniworld", help="CLIP that assigns negative labels ('none': skip)")
+    syn.add_argument("--pretrained", default=None, help="open_clip pretrained tag with an architecture name")
+    syn.add_argument("--negatives", default=None, help="saved negative labels (default: mine for the mini-world)")
     syn.add_argument("--device", default="cpu")
     syn.set_defaults(func=_cmd_synthesize)
 

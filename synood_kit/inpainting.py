@@ -41,6 +41,7 @@ __all__ = [
     "load_inpaint_pipeline",
     "refine",
     "refine_steps",
+    "summarize_refinement",
 ]
 
 
@@ -290,3 +291,32 @@ def load_inpaint_pipeline(source: str = "miniworld", device: str | torch.device 
             "(`huggingface-cli download` or `from_pretrained` once), then run with HF_HUB_OFFLINE=1."
         ) from e
     return pipe.to(device)
+
+
+def summarize_refinement(steps: list[RefineStep], target: float, id_scores, ood_scores) -> dict:
+    """Return what a refinement achieved: the share of samples whose score moved toward the target, and the
+    share whose final score lies between the OOD and ID medians (near the boundary).
+
+    Args:
+        steps: one refinement's steps (first = unguided generation, last = refined sample).
+        target: the guidance target.
+        id_scores, ood_scores: the scorer on real ID and OOD images.
+    """
+    import numpy as np
+
+    first, last = steps[0].score.numpy(), steps[-1].score.numpy()
+    id_med, ood_med = float(np.median(id_scores)), float(np.median(ood_scores))
+    lo, hi = min(id_med, ood_med), max(id_med, ood_med)
+    return {
+        "n": int(len(last)),
+        "target": float(target),
+        "id_median": id_med,
+        "ood_median": ood_med,
+        "moved_toward_target": float(np.mean(np.abs(last - target) < np.abs(first - target))),
+        "between_medians": float(np.mean((last >= lo) & (last <= hi))),
+        "unguided_between_medians": float(np.mean((first >= lo) & (first <= hi))),
+        "mean_abs_gap_unguided": float(np.mean(np.abs(first - target))),
+        "mean_abs_gap_refined": float(np.mean(np.abs(last - target))),
+        "seconds": float(sum(st.seconds for st in steps)),
+        "unet_evals_per_image": int(sum(st.unet_evals for st in steps)),
+    }

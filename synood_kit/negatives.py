@@ -24,7 +24,14 @@ from .features import text_features
 from .storage import atomic_write_json, sha256_text
 from .wordnet import Corpus, load_wordnet_corpus
 
-__all__ = ["MiningResult", "NegativeLabels", "build_corpus", "mine_negative_labels", "percentile_similarity"]
+__all__ = [
+    "MiningResult",
+    "NegativeLabels",
+    "assign_negative_labels",
+    "build_corpus",
+    "mine_negative_labels",
+    "percentile_similarity",
+]
 
 FORMAT_VERSION = 1
 
@@ -207,3 +214,23 @@ def mine_negative_labels(
         provenance=provenance,
     )
     return MiningResult(labels, corpus.words, corpus.pos, stat, thresholds)
+
+
+@torch.no_grad()
+def assign_negative_labels(image_features: torch.Tensor, neg_text_features: torch.Tensor, temperature: float = 0.01):
+    """Return each image's NegLabel negative label: the argmax of the softmax over the negatives only
+    (official stage 5: 100 x cosine, ViT-B/16), and that probability.
+
+    Args:
+        image_features: ``(N, D)`` image features (normalised here).
+        neg_text_features: ``(M, D)`` negative label features in their saved order.
+        temperature: softmax temperature on cosine similarities.
+
+    Returns:
+        ``(indices (N,) int64 into the saved order, probabilities (N,) float32)``.
+    """
+    if image_features.shape[-1] != neg_text_features.shape[-1]:
+        raise ValueError(f"feature dims differ: images {image_features.shape[-1]}, negatives {neg_text_features.shape[-1]}")
+    logits = F.normalize(image_features.float(), dim=-1) @ F.normalize(neg_text_features.float(), dim=-1).T / temperature
+    prob, index = torch.softmax(logits, dim=1).max(dim=1)
+    return index.cpu(), prob.cpu()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["image_grid", "score_histograms"]
+__all__ = ["image_grid", "refinement_figure", "score_histograms", "score_trajectories"]
 
 
 def score_histograms(
@@ -79,3 +79,73 @@ def image_grid(images, titles: list[str] | None = None, ncols: int = 8, scale: f
         if titles:
             ax.set_title(titles[i], fontsize=6)
     return fig
+
+
+def refinement_figure(sources, steps, masks=None, max_images: int = 4, scale: float = 1.3):
+    """Plot the refinement loop: per image, source, mask, every generation's image and gradient magnitude.
+
+    Args:
+        sources: ``(B, 3, H, W)`` source images in ``[0, 1]``.
+        steps: the :class:`~synood_kit.inpainting.RefineStep` list of one refinement.
+        masks: ``(B, 1, H, W)`` masks (default: full masks).
+        max_images: rows drawn.
+        scale: inches per panel.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    n = min(max_images, len(sources))
+    cols = 2 + 2 * len(steps)
+    fig, axes = plt.subplots(n, cols, figsize=(cols * scale, n * scale * 1.15), squeeze=False)
+    for i in range(n):
+        panels = [(sources[i].permute(1, 2, 0).clamp(0, 1), "source", None),
+                  ((masks[i, 0] if masks is not None else np.ones(sources.shape[-2:])), "mask", "gray")]
+        for st in steps:
+            panels.append((st.image[i].permute(1, 2, 0), f"gen {st.round}\ns={float(st.score[i]):.2f}", None))
+            gm = st.grad_magnitude[i] if st.grad_magnitude is not None else np.zeros(sources.shape[-2:])
+            panels.append((gm, f"|grad| {st.round}" if st.grad_magnitude is not None else "no update", "magma"))
+        for ax, (img, title, cmap) in zip(axes[i], panels, strict=True):
+            fixed = {"vmin": 0.0, "vmax": 1.0} if cmap == "gray" else {}  # a full mask is all ones: draw it white
+            ax.imshow(np.asarray(img), cmap=cmap, interpolation="nearest", **fixed)
+            ax.set_title(title, fontsize=6)
+            ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def score_trajectories(steps, id_scores, ood_scores, target: float | None = None, ax=None):
+    """Plot each image's guidance score per generation against the ID and OOD score distributions.
+
+    Args:
+        steps: a :class:`~synood_kit.inpainting.RefineStep` list.
+        id_scores, ood_scores: ``(N,)`` scorer values on real ID and OOD images.
+        target: the refinement target, drawn as a line.
+        ax: axes to draw on.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.4))
+    rounds = np.arange(len(steps))
+    traj = np.stack([np.asarray(st.score) for st in steps], axis=1)
+    every = np.concatenate([np.asarray(id_scores), np.asarray(ood_scores), traj.ravel()])
+    edges = np.histogram_bin_edges(every[np.isfinite(every)], bins=40)
+    left = -0.9
+    for scores, color, label in ((id_scores, "tab:blue", "ID"), (ood_scores, "tab:red", "OOD")):
+        hist, _ = np.histogram(scores, bins=edges, density=True)
+        width = 0.8 * hist / max(hist.max(), 1e-12)
+        ax.barh(edges[:-1], width, height=np.diff(edges), left=left, color=color, alpha=0.3, label=f"{label} scores")
+    for row in traj:
+        ax.plot(rounds, row, "-o", color="k", alpha=0.5, markersize=3)
+    if target is not None:
+        ax.axhline(target, color="tab:green", linestyle="--", label="target")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("guidance score (higher = more ID)")
+    ax.set_xlim(left - 0.1, len(steps) - 0.5)
+    ax.legend(fontsize=7, loc="best")
+    return ax.figure

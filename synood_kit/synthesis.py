@@ -34,7 +34,7 @@ import torch
 
 from .inpainting import GuidanceConfig, InpaintConfig, refine_steps
 
-__all__ = ["SynthesisConfig", "SynthesisSource", "item_seed", "read_records", "synthesize"]
+__all__ = ["SynthesisConfig", "SynthesisSource", "item_seed", "negative_labeler", "read_records", "synthesize"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ def synthesize(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    labeler: Callable[[torch.Tensor], list[dict]] | None = None,
 ) -> Iterator[dict]:
     """Synthesise every source of this shard not yet done; yield each new record as it is written.
 
@@ -113,6 +114,8 @@ def synthesize(
         config: the run's settings; must equal the folder's ``synthesis.json`` if it exists.
         rank, world_size: this process's shard.
         progress: show a progress bar.
+        labeler: ``(B, 3, H, W) images -> one dict per image`` stored as the record's ``negative_label``
+            (see :func:`negative_labeler`).
 
     Yields:
         The provenance record of each image written by this call.
@@ -156,6 +159,7 @@ def synthesize(
                 generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
             ))
             last = steps[-1]
+            labels = labeler(last.image) if labeler is not None else [None] * len(batch)
             seconds = time.perf_counter() - start
             for j, s in enumerate(batch):
                 if s.id in done:
@@ -180,6 +184,7 @@ def synthesize(
                     },
                     "config": _config_json(config),
                     "meta": s.meta,
+                    "negative_label": labels[j],
                     "rank": rank,
                 }
                 append_jsonl(out / f"records-{rank}.jsonl", record)
@@ -187,6 +192,30 @@ def synthesize(
                 yield record
             bar.update(1)
         bar.close()
+
+
+def negative_labeler(clip, negatives, out_dir: str | Path | None = None) -> Callable[[torch.Tensor], list[dict]]:
+    """Return a labeler that gives each synthetic image its argmax negative label (METHOD.md stage 5).
+
+    Args:
+        clip: a :class:`~synood_kit.models.ClipModel`.
+        negatives: the ordered :class:`~synood_kit.negatives.NegativeLabels`.
+        out_dir: if given, the list is saved there as ``negatives.json`` (indices in records refer to it).
+    """
+    from .negatives import assign_negative_labels
+
+    neg_text = negatives.text_features(clip, progress=False)
+    if out_dir is not None:
+        negatives.save(Path(out_dir) / "negatives.json")
+
+    def label(images: torch.Tensor) -> list[dict]:
+        with torch.no_grad():
+            feats = clip.encode_images(images)
+        index, prob = assign_negative_labels(feats, neg_text)
+        return [{"index": int(i), "word": negatives.words[i], "pos": negatives.pos[i], "probability": round(float(p), 5)}
+                for i, p in zip(index, prob, strict=True)]
+
+    return label
 
 
 def _latent_shape(pipe, images: torch.Tensor) -> tuple[int, ...]:

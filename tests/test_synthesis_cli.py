@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
 def _args(root, out):
     return ["synthesize", "--out", str(out), "--pipeline", str(root / "pipe"), "--classifier", str(root / "clf"),
             "--benchmark", str(root / "bench"), "--split", "id_test", "--per-class", "1", "--steps", "4", "--cfg", "2",
-            "--rounds", "1", "--step-size", "0.5", "--normalize", "unit", "--batch-size", "2"]
+            "--rounds", "1", "--step-size", "0.5", "--normalize", "unit", "--batch-size", "2", "--clip", "none"]
 
 
 def _env():
