@@ -284,12 +284,12 @@ def load_finetune(path: str | Path, words: list[str]) -> dict:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     saved = json.loads(meta.get("negative_words", "null") or "null")
     if saved is None:
         raise ValueError(f"{path} is not a SynOOD fine-tuning checkpoint (no negative_words metadata)")
     if list(saved) != list(words):
-        first = next((i for i, (a, b) in enumerate(zip(saved, words)) if a != b), min(len(saved), len(words)))
+        first = next((i for i, (a, b) in enumerate(zip(saved, words, strict=False)) if a != b), min(len(saved), len(words)))
         raise ValueError(f"{path} was trained for another negative-label list ({len(saved)} vs {len(words)} labels; "
                          f"first difference at position {first})")
     adapter = None
