@@ -166,6 +166,20 @@ def _cmd_synthesize(args) -> int:
     return 0
 
 
+def _cmd_finetune(args) -> int:
+    from .experiments import SynoodRun, run_synood
+
+    run = SynoodRun(synthetic=args.synthetic, clip=args.clip, pretrained=args.pretrained, benchmark_root=args.benchmark,
+                    adapter_epochs=args.adapter_epochs, label_epochs=args.label_epochs, n_boot=args.n_boot,
+                    device=args.device)
+    t = time.time()
+    result = run_synood(args.out, run)
+    print((Path(args.out) / "synood.md").read_text())
+    print(f"wrote {args.out} in {time.time() - t:.0f} s ({len(result['logs']['adapter'])} adapter steps, "
+          f"{len(result['logs']['labels'])} label steps)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     out = Path(args.out)
     print("SynOOD kit demo on the offline mini-world. Stage 1/1: zero-shot baselines.")
@@ -217,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--negatives", default=None, help="saved negative labels (default: mine for the mini-world)")
     syn.add_argument("--device", default="cpu")
     syn.set_defaults(func=_cmd_synthesize)
+
+    ft = sub.add_parser("finetune", help="SynOOD fine-tuning (stages A and B) and evaluation vs NegLabel")
+    _add_model_args(ft)
+    ft.add_argument("--synthetic", required=True, help="a `synood synthesize` output folder")
+    ft.add_argument("--benchmark", default=None, help="built benchmark folder (default: the cache location)")
+    ft.add_argument("--adapter-epochs", type=int, default=3)
+    ft.add_argument("--label-epochs", type=int, default=5)
+    ft.add_argument("--n-boot", type=int, default=200)
+    ft.add_argument("--out", required=True, help="output folder")
+    ft.set_defaults(func=_cmd_finetune)
 
     for name, helptext in (("evaluate", "zero-shot OOD baselines on the mini-world"), ("demo", "the main job, offline")):
         p = sub.add_parser(name, help=helptext)

@@ -101,3 +101,38 @@ def test_cli_mine_writes_an_ordered_list(tmp_path, tiny_clip_dir, cache_root, ca
     assert counts["noun"]["candidates"] == 58_424 - 2 and counts["adj"]["candidates"] == 14_001 - 1
     assert [r["pos"] for r in saved["labels"]] == ["noun"] * counts["noun"]["kept"] + ["adj"] * counts["adj"]["kept"]
     assert "kept" in capsys.readouterr().out
+
+
+def test_run_synood_fine_tunes_and_compares_with_neglabel(world, tiny_clip_dir, tiny_clip, tmp_path, cache_root):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from synood_kit.data import load_image
+    from synood_kit.experiments import SynoodRun, run_synood
+    from synood_kit.inpainting import GuidanceConfig, InpaintConfig
+    from synood_kit.miniworld.benchmark import read_manifest
+    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
+    from synood_kit.negatives import NegativeLabels
+    from synood_kit.synthesis import SynthesisConfig, SynthesisSource, negative_labeler, synthesize
+
+    root, _ = world
+    tok = build_tokenizer()
+    folder = export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path / "pipe", fp16=False)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    recs = read_manifest(root, "id_train")[:6]
+    sources = [SynthesisSource(r["id"], load_image(root / r["path"]), "A photo only remain red background.") for r in recs]
+    words = ("granite", "violin", "harbor", "meadow", "lantern")
+    negatives = NegativeLabels(words, ("noun",) * 5, tuple(f"the nice {w}" for w in words), (0.0,) * 5, {})
+    config = SynthesisConfig(inpaint=InpaintConfig(num_inference_steps=2, guidance_scale=1.0),
+                             guidance=GuidanceConfig(rounds=0), batch_size=3)
+    list(synthesize(pipe, sources, lambda x: x.mean(dim=(1, 2, 3)), tmp_path / "syn", config, progress=False,
+                    labeler=negative_labeler(tiny_clip, negatives, tmp_path / "syn")))
+    result = run_synood(tmp_path / "out", SynoodRun(synthetic=str(tmp_path / "syn"), clip=str(tiny_clip_dir),
+                                                    benchmark_root=str(root), adapter_epochs=1, label_epochs=1, n_boot=0),
+                        progress=False)
+    table = result["table"]
+    assert set(table["method"]) == {"NegLabel (zero-shot)", "SynOOD: adapter only", "SynOOD: tuned labels only",
+                                    "SynOOD (adapter + tuned labels)"}
+    assert (tmp_path / "out" / "finetune.safetensors").is_file() and (tmp_path / "out" / "synood.md").is_file()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n_synthetic"] == 6 and metrics["n_negatives"] == 5
