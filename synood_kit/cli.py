@@ -182,8 +182,26 @@ def _cmd_finetune(args) -> int:
 
 def _cmd_demo(args) -> int:
     out = Path(args.out)
-    print("SynOOD kit demo on the offline mini-world. Stage 1/1: zero-shot baselines.")
-    return _cmd_evaluate(args, str(out / "zero_shot"))
+    print("SynOOD kit demo on the offline mini-world.\nStage 1/3: zero-shot baselines (MCM, NegLabel, MSP, energy).")
+    status = _cmd_evaluate(args, str(out / "zero_shot"))
+    if status:
+        return status
+    print(f"Stage 2/3: near-boundary synthesis ({args.per_class} ID images per class, 3 energy-gradient rounds).")
+    syn = build_parser().parse_args([
+        "synthesize", "--out", str(out / "synthetic"), "--per-class", str(args.per_class), "--clip", args.clip,
+        "--device", args.device, *(["--benchmark", args.benchmark] if args.benchmark else []),
+        *(["--pretrained", args.pretrained] if args.pretrained else []),
+    ])
+    status = _cmd_synthesize(syn)
+    if status:
+        return status
+    print("Stage 3/3: fine-tuning (adapter + tuned negative labels) and evaluation against NegLabel.")
+    ft = build_parser().parse_args([
+        "finetune", "--synthetic", str(out / "synthetic"), "--out", str(out / "synood"), "--clip", args.clip,
+        "--n-boot", str(args.n_boot), "--device", args.device, *(["--benchmark", args.benchmark] if args.benchmark else []),
+        *(["--pretrained", args.pretrained] if args.pretrained else []),
+    ])
+    return _cmd_finetune(ft)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--negatives", default=None, help="saved negative labels (default: mine, cached)")
         p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals (0: none)")
         p.add_argument("--out", required=name == "evaluate", default="outputs/demo", help="output folder")
+        if name == "demo":
+            p.add_argument("--per-class", type=int, default=5, help="ID source images per class for synthesis")
         p.set_defaults(func=_cmd_demo if name == "demo" else _cmd_evaluate)
     return parser
 
