@@ -1,18 +1,22 @@
 """Train the mini-world MLLM (a tiny LLaVA in transformers format) from scratch on the world's pretraining data.
 
-The model is a stock ``LlavaForConditionalGeneration``: a ``CLIPVisionModel`` tower (32x32 input, 4-pixel
-patches, so 64 image tokens), a two-layer MLP projector and a small Llama, with a word-level tokenizer over
+The model is a stock ``LlavaForConditionalGeneration``: a ``CLIPVisionModel`` tower (32x32 input, 8-pixel
+patches, so 16 image tokens), a two-layer MLP projector and a small Llama, with a word-level tokenizer over
 the world's vocabulary and a LLaVA-1.5-style chat template (``USER: <image>\\n{question} ASSISTANT:``). It
 is trained on pretraining scenes (every category, digits, scenes without subject, textures) to answer the
 context question with the scene's context as a comma-separated list (``"black background, stripes, pink
 sparkles"``, the order of :meth:`~.world.Scene.context`), and a main-subject question (``"a pink six-point
-star"``); the loss counts answer tokens only. The export loads with ``AutoModelForImageTextToText`` and
-``AutoProcessor`` (:func:`synood_kit.mllm.load_mllm`), the same code a real LLaVA runs.
+star"``); the language-model loss counts answer tokens only. Training-only heads on the vision tower's patch
+tokens (a dense detector of the small secondary objects, plus background, pattern and subject heads) are
+dropped at export. The export loads with ``AutoModelForImageTextToText`` and ``AutoProcessor``
+(:func:`synood_kit.mllm.load_mllm`), the same code a real LLaVA runs. Recipe, cost and measured quality:
+``assets/miniworld/MODEL_CARD_mllm.md``.
 
 Usage::
 
     python -m synood_kit.miniworld.train_mllm --run runs/miniworld_mllm --out assets/miniworld/mllm
     python -m synood_kit.miniworld.train_mllm --smoke --run /tmp/mllm-smoke --out /tmp/mllm-smoke/model
+    python -m synood_kit.miniworld.train_mllm --evaluate assets/miniworld/mllm   # 500 held-out scenes
 
 Running the same command again resumes from ``<run>/checkpoint``.
 """
