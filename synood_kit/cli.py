@@ -98,12 +98,57 @@ def _shard_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _mask_of(record: dict, kind: str):
+    """Return a mini-world source's mask: None (official full image), its subject box or its subject silhouette."""
+    import torch
+
+    if kind == "full":
+        return None
+    from .miniworld.world import Scene, subject_box, subject_mask
+
+    scene = Scene.from_dict(record["meta"])
+    if kind == "subject":
+        return torch.from_numpy((subject_mask(scene) > 0.05).astype("float32"))[None]
+    x0, y0, x1, y1 = subject_box(scene, grow=2)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, y0:y1, x0:x1] = 1.0
+    return mask
+
+
+def _guidance_scorer(args):
+    """Return ``(scorer, name)`` for ``--scorer``: the official classifier energy or the CLIP's own scores."""
+    from .guidance import classifier_scorer, clip_scorer
+
+    if args.scorer.startswith("classifier"):
+        from .classifier import load_classifier
+
+        form = "official" if args.target == "official" else "energy"
+        return classifier_scorer(load_classifier(args.classifier, device=args.device), form=form), f"classifier-{form}"
+    from .features import text_features
+    from .miniworld.benchmark import BENCHMARK_SPEC
+    from .models import load_clip
+
+    if args.target == "official":
+        raise ValueError("--target official is the classifier's margin -5; use --target boundary with a CLIP scorer")
+    clip = load_clip(args.clip if args.clip != "none" else "miniworld", args.pretrained, device=args.device)
+    kind = args.scorer.split("-", 1)[1]
+    prompt = "a photo of a {}." if kind == "mcm" else "the nice {}"
+    id_text = text_features(clip, [prompt.format(c) for c in BENCHMARK_SPEC.id_classes], progress=False)
+    neg_text = None
+    if kind == "neglabel":
+        from .experiments import miniworld_mining_config
+        from .negatives import mine_negative_labels
+
+        labels = mine_negative_labels(clip, list(BENCHMARK_SPEC.id_classes), miniworld_mining_config(), progress=False).labels
+        neg_text = labels.text_features(clip, progress=False)
+    return clip_scorer(clip, id_text, kind, neg_text), args.scorer
+
+
 def _cmd_synthesize(args) -> int:
     import torch
 
-    from .classifier import load_classifier
     from .data import load_image
-    from .guidance import OFFICIAL_MARGIN, boundary_target, classifier_scorer
+    from .guidance import OFFICIAL_MARGIN, boundary_target
     from .inpainting import GuidanceConfig, InpaintConfig, context_prompt, load_inpaint_pipeline
     from .miniworld.benchmark import build_benchmark, default_benchmark_root, read_manifest
     from .synthesis import SynthesisConfig, SynthesisSource, synthesize
@@ -128,19 +173,17 @@ def _cmd_synthesize(args) -> int:
     else:
         answers = [", ".join(r["context"]) for r in chosen]
     inpaint = InpaintConfig(num_inference_steps=args.steps, strength=args.strength, guidance_scale=args.cfg)
+    masks = [_mask_of(r, args.mask) for r in chosen]
     sources = [
         SynthesisSource(r["id"], img, context_prompt(a, inpaint), {"class_name": r["class_name"], "label": r["label"],
-                                                                   "context_answer": a})
-        for r, img, a in zip(chosen, images, answers, strict=True)
+                                                                   "context_answer": a, "mask": args.mask}, mask)
+        for r, img, a, mask in zip(chosen, images, answers, masks, strict=True)
     ]
-    clf = load_classifier(args.classifier, device=args.device)
-    form = "official" if args.target == "official" else "energy"
-    scorer = classifier_scorer(clf, form=form)
+    scorer, form = _guidance_scorer(args)
     target = OFFICIAL_MARGIN if args.target == "official" else boundary_target(scorer, images.to(args.device))
     guidance = GuidanceConfig(rounds=args.rounds, step_size=args.step_size, target=target, normalize=args.normalize,
                               official_rounds=args.target == "official")
-    config = SynthesisConfig(inpaint=inpaint, guidance=guidance, scorer=f"classifier-{form}", seed=args.seed,
-                             batch_size=args.batch_size)
+    config = SynthesisConfig(inpaint=inpaint, guidance=guidance, scorer=form, seed=args.seed, batch_size=args.batch_size)
     pipe = load_inpaint_pipeline(args.pipeline, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     rank, world = _shard_from_env()
@@ -236,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--mllm", default="miniworld", help="MLLM folder, hub id or 'miniworld' (with --context mllm)")
     syn.add_argument("--target", default="boundary", choices=("boundary", "official"),
                      help="boundary: the ID 5%% quantile of the energy score (reachable); official: margin -5")
+    syn.add_argument("--scorer", default="classifier-energy",
+                     choices=("classifier-energy", "clip-mcm", "clip-energy", "clip-neglabel"),
+                     help="guidance scorer: the official classifier energy, or the CLIP's own score")
+    syn.add_argument("--mask", default="full", choices=("full", "box", "subject"),
+                     help="full: the official full-image mask; box / subject: the source's subject box or silhouette")
     syn.add_argument("--rounds", type=int, default=3, help="noise updates")
     syn.add_argument("--step-size", type=float, default=10.0, help="lr on the initial noise")
     syn.add_argument("--normalize", default="none", choices=("none", "unit", "clip"), help="gradient normalisation")

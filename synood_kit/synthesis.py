@@ -45,6 +45,7 @@ class SynthesisSource:
     image: torch.Tensor  # (3, H, W) in [0, 1]
     prompt: str  # e.g. context_prompt(MLLM answer)
     meta: dict = field(default_factory=dict)  # carried into the record (label, class name, context ...)
+    mask: torch.Tensor | None = None  # (1, H, W) in [0, 1], 1 = repaint; None: the official full-image mask
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,9 @@ def synthesize(
         bs = config.batch_size
         batches = [k for k in range(0, (len(sources) + bs - 1) // bs) if k % world_size == rank]
         todo = [k for k in batches if not all(s.id in done for s in sources[k * bs : (k + 1) * bs])]
-        bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc=f"synthesis [{rank}/{world_size}]",
-                   disable=not progress)
+        mine = [i for k in batches for i in range(k * bs, min(len(sources), (k + 1) * bs))]
+        bar = tqdm(total=len(mine), initial=sum(sources[i].id in done for i in mine), unit="img",
+                   desc=f"synthesis [{rank}/{world_size}]", disable=not progress)  # images done, rate, time left
         for k in todo:
             batch = list(sources[k * bs : (k + 1) * bs])
             images = torch.stack([s.image for s in batch])
@@ -154,16 +156,19 @@ def synthesize(
                 for s in batch
             ])
             start = time.perf_counter()
+            masks = torch.stack([s.mask if s.mask is not None else torch.ones(1, *s.image.shape[-2:]) for s in batch])
             steps = list(refine_steps(
-                pipe, images, [s.prompt for s in batch], scorer, config.guidance, config.inpaint, noise=noise,
+                pipe, images, [s.prompt for s in batch], scorer, config.guidance, config.inpaint, masks=masks, noise=noise,
                 generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
             ))
             last = steps[-1]
             labels = labeler(last.image) if labeler is not None else [None] * len(batch)
             seconds = time.perf_counter() - start
+            written_now = []
             for j, s in enumerate(batch):
                 if s.id in done:
                     continue
+                written_now.append(s.id)
                 path = out / "images" / f"{s.id}.png"
                 array = (last.image[j].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
                 with atomic_path(path) as tmp:
@@ -190,7 +195,7 @@ def synthesize(
                 append_jsonl(out / f"records-{rank}.jsonl", record)
                 done[s.id] = record
                 yield record
-            bar.update(1)
+            bar.update(len(written_now))
         bar.close()
 
 
