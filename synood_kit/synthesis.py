@@ -199,17 +199,24 @@ def synthesize(
         bar.close()
 
 
-def negative_labeler(clip, negatives, out_dir: str | Path | None = None) -> Callable[[torch.Tensor], list[dict]]:
+def negative_labeler(clip, negatives, out_dir: str | Path | None = None,
+                     parts_of_speech: tuple[str, ...] = ("noun", "adj")) -> Callable[[torch.Tensor], list[dict]]:
     """Return a labeler that gives each synthetic image its argmax negative label (METHOD.md stage 5).
 
     Args:
         clip: a :class:`~synood_kit.models.ClipModel`.
         negatives: the ordered :class:`~synood_kit.negatives.NegativeLabels`.
         out_dir: if given, the list is saved there as ``negatives.json`` (indices in records refer to it).
+        parts_of_speech: labels that may be assigned; the official code uses both, and about half of its
+            synthetic images map to adjective prompts (METHOD.md defect 6): ``("noun",)`` restricts to nouns.
     """
     from .negatives import assign_negative_labels
 
-    neg_text = negatives.text_features(clip, progress=False)
+    allowed = torch.tensor([p in parts_of_speech for p in negatives.pos])
+    if not allowed.any():
+        raise ValueError(f"no negative label has a part of speech in {parts_of_speech}")
+    rows = torch.nonzero(allowed).flatten()
+    neg_text = negatives.text_features(clip, progress=False)[rows]
     if out_dir is not None:
         negatives.save(Path(out_dir) / "negatives.json")
 
@@ -217,8 +224,11 @@ def negative_labeler(clip, negatives, out_dir: str | Path | None = None) -> Call
         with torch.no_grad():
             feats = clip.encode_images(images)
         index, prob = assign_negative_labels(feats, neg_text)
-        return [{"index": int(i), "word": negatives.words[i], "pos": negatives.pos[i], "probability": round(float(p), 5)}
-                for i, p in zip(index, prob, strict=True)]
+        out = []
+        for i, p in zip(index.tolist(), prob.tolist(), strict=True):
+            k = int(rows[i])
+            out.append({"index": k, "word": negatives.words[k], "pos": negatives.pos[k], "probability": round(p, 5)})
+        return out
 
     return label
 

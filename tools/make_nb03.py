@@ -110,7 +110,8 @@ fig.savefig(out / "score_trajectories.png", dpi=120)
 """),
 ("md", "In JupyterLab, the slider steps through the generations of one image."),
 ("code", """
-widget = refinement_widget(sources, steps_list, index=0)
+widget = refinement_widget(sources, steps_list, index=0, masks=full_masks(sources), id_scores=id_scores,
+                           ood_scores=ood_scores, target=target)
 display(widget)
 """),
 ("code", """
