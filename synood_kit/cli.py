@@ -69,13 +69,37 @@ def _cmd_mine(args) -> int:
     return 0
 
 
+def _cmd_evaluate_folders(args) -> int:
+    from .experiments import EvaluationRun, run_evaluation
+
+    oods = []
+    for item in args.ood:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--ood expects NAME=PATH, got {item!r}")
+        oods.append((name, path))
+    run = EvaluationRun(
+        id_source=args.id, ood_sources=tuple(oods), class_names=args.class_names, data_root=args.data_root,
+        clip=args.clip, pretrained=args.pretrained, negatives=args.negatives, finetune=args.finetune,
+        classifier=None if args.classifier in (None, "none") else args.classifier,
+        classifier_weights=args.classifier_weights, ledger_benchmark=args.ledger, n_boot=args.n_boot, device=args.device,
+    )
+    result = run_evaluation(args.out, run)
+    print((Path(args.out) / "evaluation.md").read_text())
+    if "ledger" in result:
+        print(result["ledger"].to_string(index=False))
+    return 0
+
+
 def _cmd_evaluate(args, out: str | None = None) -> int:
     from .experiments import ZeroShotRun, run_zero_shot
 
+    if getattr(args, "id", None):
+        return _cmd_evaluate_folders(args)
     run = ZeroShotRun(
         clip=args.clip,
         pretrained=args.pretrained,
-        classifier=None if args.classifier == "none" else args.classifier,
+        classifier=None if args.classifier == "none" else (args.classifier or "miniworld"),
         benchmark_root=args.benchmark,
         negatives=args.negatives,
         n_boot=args.n_boot,
@@ -311,11 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("evaluate", "zero-shot OOD baselines on the mini-world"), ("demo", "the main job, offline")):
         p = sub.add_parser(name, help=helptext)
         _add_model_args(p)
-        p.add_argument("--classifier", default="miniworld", help="classifier folder, 'miniworld', or 'none'")
+        p.add_argument("--classifier", default=None,
+                       help="classifier folder, torchvision name, or 'none' (mini-world default: 'miniworld')")
         p.add_argument("--benchmark", default=None, help="built benchmark folder (default: build in the cache)")
         p.add_argument("--negatives", default=None, help="saved negative labels (default: mine, cached)")
         p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals (0: none)")
         p.add_argument("--out", required=name == "evaluate", default="outputs/demo", help="output folder")
+        if name == "evaluate":
+            p.add_argument("--id", default=None, help="ID ImageFolder root or image list (instead of the mini-world)")
+            p.add_argument("--ood", action="append", default=[], help="NAME=PATH of an OOD folder or image list")
+            p.add_argument("--class-names", default="folders", help="'folders', 'imagenet', or a file of names")
+            p.add_argument("--data-root", default=None, help="root of the paths in image-list files")
+            p.add_argument("--finetune", default=None, help="SynOOD checkpoint (adds the SynOOD score)")
+            p.add_argument("--classifier-weights", default=None, help="torchvision weights name (IMAGENET1K_V2)")
+            p.add_argument("--ledger", default=None, help="reported-numbers benchmark to print beside, e.g. "
+                                                          "'ImageNet-1k (MOS)'")
         if name == "demo":
             p.add_argument("--per-class", type=int, default=5, help="ID source images per class for synthesis")
         p.set_defaults(func=_cmd_demo if name == "demo" else _cmd_evaluate)

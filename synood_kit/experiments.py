@@ -16,7 +16,16 @@ from pathlib import Path
 from .config import CorpusConfig, MiningConfig
 from .evaluation import ZeroShotConfig
 
-__all__ = ["SynoodRun", "ZeroShotResult", "ZeroShotRun", "miniworld_mining_config", "run_synood", "run_zero_shot"]
+__all__ = [
+    "EvaluationRun",
+    "SynoodRun",
+    "ZeroShotResult",
+    "ZeroShotRun",
+    "miniworld_mining_config",
+    "run_evaluation",
+    "run_synood",
+    "run_zero_shot",
+]
 
 
 def miniworld_mining_config() -> MiningConfig:
@@ -248,3 +257,96 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     })
     return {"table": table, "scores": scores, "logs": {"adapter": logs_a, "labels": logs_b}}
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """An OOD evaluation on any image folders (ImageNet-1k val + iNaturalist/SUN/Places/Textures, OpenOOD lists)."""
+
+    id_source: str  # ImageFolder root (class sub-folders) or an image-list file (OpenOOD format)
+    ood_sources: tuple[tuple[str, str], ...]  # (name, folder or image-list file) per OOD set
+    class_names: str = "folders"  # "folders" (sub-folder names), "imagenet" (open_clip's names in wnid order) or a file
+    data_root: str | None = None  # root the paths of image-list files start from
+    clip: str = "miniworld"  # open_clip name, folder, or "miniworld"
+    pretrained: str | None = None  # open_clip pretrained tag
+    negatives: str | None = None  # saved negative labels; None: mine from WordNet 3.0 for these class names
+    finetune: str | None = None  # a SynOOD checkpoint (finetune.safetensors) to add the SynOOD score
+    classifier: str | None = None  # classifier folder / torchvision name for MSP and energy
+    classifier_weights: str | None = None  # torchvision weights name
+    ledger_benchmark: str | None = None  # e.g. "ImageNet-1k (MOS)": print reported numbers beside the measured
+    n_boot: int = 200  # bootstrap replicates
+    device: str = "cpu"  # torch device
+
+
+def _image_set(source: str, name: str, labelled: bool, data_root: str | None):
+    from .data import ImageSet
+
+    path = Path(source)
+    if path.is_file():
+        return ImageSet.from_file_list(path, data_root or path.parent, name=name)
+    return ImageSet.from_folder(path, name=name, labelled=labelled)
+
+
+def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = True) -> dict:
+    """Score an ID set and OOD sets with MCM, NegLabel, SynOOD (with a checkpoint) and MSP/energy (with a
+    classifier) from one cached feature pass per set; write ``evaluation.csv``, ``evaluation.md``,
+    ``metrics.json`` and, with ``ledger_benchmark``, ``ledger.csv``.
+    """
+    import open_clip
+
+    from .evaluation import classifier_scores, clip_scores, format_markdown, ood_table
+    from .features import image_features, text_features
+    from .finetune import load_finetune, synood_score
+    from .models import load_clip
+    from .negatives import NegativeLabels, mine_negative_labels
+    from .storage import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not run.ood_sources:
+        raise ValueError("no OOD sets: pass at least one (name, path)")
+    id_set = _image_set(run.id_source, "id", True, run.data_root)
+    if run.class_names == "folders":
+        names = [c.replace("_", " ") for c in id_set.class_names]
+    elif run.class_names == "imagenet":
+        names = list(open_clip.IMAGENET_CLASSNAMES)
+    else:
+        names = [x.strip() for x in Path(run.class_names).read_text().splitlines() if x.strip()]
+    sets = {"id": id_set, **{n: _image_set(p, n, False, run.data_root) for n, p in run.ood_sources}}
+    clip = load_clip(run.clip, run.pretrained, device=run.device)
+    feats = {s: image_features(clip, v, progress=progress).features for s, v in sets.items()}
+    if run.negatives:
+        negatives = NegativeLabels.load(run.negatives)
+    else:
+        negatives = mine_negative_labels(clip, names, progress=progress).labels
+        negatives.save(out / "negatives.json")
+    scores = clip_scores(clip, feats, names, negatives)
+    if run.finetune:
+        ft = load_finetune(run.finetune, list(negatives.words))
+        id_text = text_features(clip, [f"the nice {c}" for c in names], progress=False)
+        neg_text = negatives.text_features(clip, progress=False)
+        scores["SynOOD"] = {s: synood_score(f, id_text, neg_text, ft["adapter"], ft["tuned_neg_text"], ft["tuned_index"])
+                            .double().numpy() for s, f in feats.items()}
+    if run.classifier:
+        from .classifier import classifier_logits, load_classifier
+
+        clf = load_classifier(run.classifier, weights=run.classifier_weights, device=run.device)
+        scores.update(classifier_scores({s: classifier_logits(clf, v, progress=progress).features for s, v in sets.items()}))
+    table = ood_table(scores, "id", [n for n, _ in run.ood_sources], n_boot=run.n_boot)
+    table.to_csv(out / "evaluation.csv", index=False)
+    atomic_write_text(out / "evaluation.md", format_markdown(table))
+    result = {"table": table, "scores": scores}
+    if run.ledger_benchmark:
+        from .ledger import ledger
+
+        book = ledger(table, run.ledger_benchmark)
+        book.to_csv(out / "ledger.csv", index=False)
+        result["ledger"] = book
+    atomic_write_json(out / "metrics.json", {
+        "stage": "evaluation",
+        "run": json.loads(json.dumps(asdict(run), default=str)),
+        "n": {s: len(v) for s, v in sets.items()},
+        "table": table.to_dict(orient="records"),
+        "fpr_convention": table.attrs.get("fpr_convention", ""),
+    })
+    return result

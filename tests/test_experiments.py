@@ -136,3 +136,29 @@ def test_run_synood_fine_tunes_and_compares_with_neglabel(world, tiny_clip_dir, 
     assert (tmp_path / "out" / "finetune.safetensors").is_file() and (tmp_path / "out" / "synood.md").is_file()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_synthetic"] == 6 and metrics["n_negatives"] == 5
+
+
+def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(world, tiny_clip_dir, tiny_clip, tmp_path, cache_root,
+                                                                capsys):
+    from synood_kit.finetune import ResidualAdapter, save_finetune
+    from synood_kit.negatives import NegativeLabels
+
+    root, clf = world
+    words = ("granite", "violin", "harbor", "meadow", "lantern")
+    negatives = NegativeLabels(words, ("noun",) * 5, tuple(f"the nice {w}" for w in words), (0.0,) * 5, {})
+    negatives.save(tmp_path / "neg.json")
+    torch.manual_seed(0)
+    save_finetune(tmp_path / "ft.safetensors", list(words), ResidualAdapter(32), torch.randn(5, 32))
+    scenes = sorted((root / "far_scenes").rglob("*.png"))
+    (tmp_path / "list.txt").write_text("\n".join(str(p.relative_to(root)) for p in scenes) + "\n")
+    out = tmp_path / "eval"
+    status = main(["evaluate", "--id", str(root / "id_test"), "--ood", f"near={root / 'near_ood'}",
+                   "--ood", f"scenes={tmp_path / 'list.txt'}", "--data-root", str(root), "--clip", str(tiny_clip_dir),
+                   "--negatives", str(tmp_path / "neg.json"), "--finetune", str(tmp_path / "ft.safetensors"),
+                   "--classifier", str(clf), "--ledger", "ImageNet-1k (MOS)", "--n-boot", "0", "--out", str(out)])
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {r["method"] for r in metrics["table"]} == {"MCM", "NegLabel", "SynOOD", "MSP", "Energy"}
+    assert metrics["n"]["scenes"] == len(scenes) and (out / "ledger.csv").is_file()
+    assert "NegLabel" in capsys.readouterr().out
+    assert main(["evaluate", "--id", str(root / "id_test"), "--ood", "broken", "--out", str(out)]) == 2
