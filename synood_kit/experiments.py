@@ -229,11 +229,17 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
         neg_text, config=AdapterConfig(epochs=run.adapter_epochs),
     )
     tuned, logs_b = tune_labels(neg_text, syn.features, syn_index, LabelTuneConfig(epochs=run.label_epochs))
+    # control: the same adapter trained on the ID images alone, so the synthetic images' share is visible
+    id_only, _ = train_adapter(
+        id_text.shape[1], id_train.features, torch.as_tensor(id_train.labels), syn.features[:0], syn_index[:0],
+        id_text, neg_text, config=AdapterConfig(epochs=run.adapter_epochs),
+    )
     seconds["finetune"] = time.time() - t
     save_finetune(out / "finetune.safetensors", list(negatives.words), adapter, tuned,
                   extra={"synthetic": str(syn_dir), "clip": clip.fingerprint, "n_synthetic": len(syn)})
     variants = {
         "NegLabel (zero-shot)": {},
+        "control: adapter on ID images only": {"adapter": id_only},
         "SynOOD: adapter only": {"adapter": adapter},
         "SynOOD: tuned labels only": {"tuned_neg_text": tuned},
         "SynOOD (adapter + tuned labels)": {"adapter": adapter, "tuned_neg_text": tuned},

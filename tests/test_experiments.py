@@ -131,8 +131,8 @@ def test_run_synood_fine_tunes_and_compares_with_neglabel(world, tiny_clip_dir, 
                                                     benchmark_root=str(root), adapter_epochs=1, label_epochs=1, n_boot=0),
                         progress=False)
     table = result["table"]
-    assert set(table["method"]) == {"NegLabel (zero-shot)", "SynOOD: adapter only", "SynOOD: tuned labels only",
-                                    "SynOOD (adapter + tuned labels)"}
+    assert set(table["method"]) == {"NegLabel (zero-shot)", "control: adapter on ID images only", "SynOOD: adapter only",
+                                    "SynOOD: tuned labels only", "SynOOD (adapter + tuned labels)"}
     assert (tmp_path / "out" / "finetune.safetensors").is_file() and (tmp_path / "out" / "synood.md").is_file()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_synthetic"] == 6 and metrics["n_negatives"] == 5
