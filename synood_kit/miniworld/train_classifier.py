@@ -121,7 +121,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        record = {"step": step + 1, "loss": round(float(loss), 4), "seconds": round(time.time() - t0, 1)}
+        record = {"step": step + 1, "loss": round(float(loss.detach()), 4), "seconds": round(time.time() - t0, 1)}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             model.eval()
             with torch.no_grad():
