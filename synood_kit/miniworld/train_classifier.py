@@ -128,7 +128,7 @@ def train(
                 pred = torch.cat([model(transform(held_x[i : i + 256].float() / 255)).argmax(1) for i in range(0, len(held_x), 256)])
             model.train()
             record["held_out_accuracy"] = round(float((pred == held_y).float().mean()), 4)
-            bar.set_postfix(acc=record["held_out_accuracy"], loss=f"{float(loss):.3f}")
+            bar.set_postfix(acc=record["held_out_accuracy"], loss=f"{float(loss.detach()):.3f}")
             log_step(run_dir, record)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_checkpoint(run_dir, model, optimizer, step + 1)
