@@ -81,3 +81,22 @@ def test_02_prompting_names_the_context(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "contexts.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["n"] and all(r["prompt"].startswith("A photo only remain ") for r in rows)
     assert metrics["elements_named_exactly"] >= 0.8
+
+
+@pytest.mark.slow
+def test_04_negative_labels_mines_an_ordered_list_and_labels_synthetic_images(tmp_path):
+    metrics = _run("04_negative_labels.ipynb", tmp_path, per_class=1)
+    for pos in ("noun", "adj"):
+        c = metrics["counts"][pos]
+        assert c["kept"] == int(c["candidates"] * 0.15)
+    assert metrics["ordered"] and metrics["n_synthetic"] == 12 and metrics["distinct_assigned"] >= 1
+    assert (tmp_path / "percentile_distribution.png").is_file()
+
+
+@pytest.mark.slow
+def test_05_finetune_records_curves_and_the_control(tmp_path):
+    metrics = _run("05_finetune_clip.ipynb", tmp_path, per_class=1)
+    assert metrics["adapter_last_loss"] < metrics["adapter_first_loss"]
+    assert metrics["near_fpr95_synood"] < metrics["near_fpr95_zero_shot"]
+    assert "near_fpr95_control" in metrics
+    assert (tmp_path / "training_curves.png").is_file() and (tmp_path / "score_histograms.png").is_file()
