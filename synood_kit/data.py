@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,14 +138,18 @@ class ImageSet:
         reading image bytes (which would cost as much as extracting features).
         """
         digest = hashlib.sha256(self.name.encode())
+        root = str(self.root).rstrip(os.sep) + os.sep
+        lines = []
         for it in self.items:
+            path = str(it.path)  # plain strings: Path methods dominated the cost on large sets
             try:
-                st = it.path.stat()
+                st = os.stat(path)
                 stamp = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 stamp = "missing"
-            rel = it.path.relative_to(self.root) if it.path.is_relative_to(self.root) else it.path
-            digest.update(f"{it.id}\t{rel}\t{it.label}\t{stamp}\n".encode())
+            rel = path[len(root):] if path.startswith(root) else path
+            lines.append(f"{it.id}\t{rel}\t{it.label}\t{stamp}\n")
+        digest.update("".join(lines).encode())
         return digest.hexdigest()[:16]
 
     def subset(self, indices, name: str | None = None) -> ImageSet:
