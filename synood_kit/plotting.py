@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["image_grid", "refinement_figure", "score_histograms", "score_trajectories"]
+__all__ = ["image_grid", "refinement_figure", "roc_curves", "score_histograms", "score_trajectories"]
 
 
 def score_histograms(
@@ -148,4 +148,33 @@ def score_trajectories(steps, id_scores, ood_scores, target: float | None = None
     ax.set_ylabel("guidance score (higher = more ID)")
     ax.set_xlim(left - 0.1, len(steps) - 0.5)
     ax.legend(fontsize=7, loc="best")
+    return ax.figure
+
+
+def roc_curves(scores: dict[str, dict[str, np.ndarray]], ood_set: str, id_set: str = "id_test", ax=None):
+    """Plot ROC curves (ID positive) of several methods on one OOD set, with the 95% TPR line.
+
+    Args:
+        scores: ``{method: {split: (N,) scores}}``, higher = more in-distribution.
+        ood_set: the OOD split to draw.
+        id_set: the ID split.
+        ax: axes to draw on.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from .metrics import auroc, roc_points
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3.6))
+    for method, by_split in scores.items():
+        fpr, tpr, _ = roc_points(by_split[id_set], by_split[ood_set])
+        ax.plot(fpr, tpr, label=f"{method} (AUROC {100 * auroc(by_split[id_set], by_split[ood_set]):.1f})")
+    ax.axhline(0.95, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("FPR (OOD accepted)")
+    ax.set_ylabel("TPR (ID accepted)")
+    ax.set_title(ood_set)
+    ax.legend(fontsize=6, loc="lower right")
     return ax.figure
