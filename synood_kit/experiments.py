@@ -105,10 +105,11 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
 
     t = time.time()
     neg_path = out / "negatives.json"
+    saved = NegativeLabels.load(neg_path) if not run.negatives and neg_path.is_file() else None
     if run.negatives:
         negatives = NegativeLabels.load(run.negatives)
-    elif neg_path.is_file() and NegativeLabels.load(neg_path).provenance.get("model_fingerprint") == clip.fingerprint:
-        negatives = NegativeLabels.load(neg_path)
+    elif saved is not None and saved.provenance.get("model_fingerprint") == clip.fingerprint:
+        negatives = saved
     else:
         negatives = mine_negative_labels(clip, id_names, run.mining, progress=progress).labels
         negatives.save(neg_path)
@@ -217,8 +218,9 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
     syn = image_features(clip, syn_set, progress=progress)
     by_stem = {Path(r["image"]).stem: r for r in records.values()}
     syn_index = torch.tensor([by_stem[Path(i).name]["negative_label"]["index"] for i in syn.ids])
-    sets = {s: image_features(clip, split_image_set(root, s), progress=progress) for s in ["id_test", *OOD_SPLITS]}
-    id_names = list(split_image_set(root, "id_test").class_names)
+    image_sets = {s: split_image_set(root, s) for s in ["id_test", *OOD_SPLITS]}
+    sets = {s: image_features(clip, v, progress=progress) for s, v in image_sets.items()}
+    id_names = list(image_sets["id_test"].class_names)
     id_text = text_features(clip, [f"the nice {c}" for c in id_names], progress=False)
     neg_text = negatives.text_features(clip, progress=False)
     seconds = {"features": time.time() - t}

@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,6 +96,28 @@ def _batches(n: int, batch_size: int, epoch: int, seed: int) -> list[torch.Tenso
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def _cross_entropy_steps(stage, opt, logits_of, y, config, lr_at, start_epoch=0, on_epoch_end=None) -> Iterator[TrainLog]:
+    """The loop both stages share: seeded shuffles per epoch, a scheduled learning rate, cross-entropy steps."""
+    per_epoch = math.ceil(len(y) / config.batch_size)
+    total = per_epoch * config.epochs
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        for k, idx in enumerate(_batches(len(y), config.batch_size, epoch, config.seed)):
+            step = epoch * per_epoch + k
+            lr = lr_at(step, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            logits = logits_of(idx)
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            acc = float((logits.argmax(1) == y[idx]).float().mean())
+            yield TrainLog(stage, epoch, step + 1, float(loss.detach()), acc, lr, time.perf_counter() - t0)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, opt.state_dict())
+
+
 def adapter_steps(
     adapter: ResidualAdapter,
     id_features: torch.Tensor,
@@ -121,32 +143,18 @@ def adapter_steps(
         on_epoch_end: ``f(epoch, optimizer_state)`` called after each epoch (write a checkpoint there).
     """
     config = config or AdapterConfig()
-    labels = torch.cat([id_text, neg_text]).float()
-    labels = F.normalize(labels, dim=-1)
+    labels = F.normalize(torch.cat([id_text, neg_text]).float(), dim=-1)
     x = torch.cat([id_features, syn_features]).float()
     y = torch.cat([id_labels.long(), syn_negative_index.long() + len(id_text)])
     opt = torch.optim.Adam(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
-    per_epoch = math.ceil(len(x) / config.batch_size)
-    total = per_epoch * config.epochs
-    t0 = time.perf_counter()
     adapter.train()
-    for epoch in range(start_epoch, config.epochs):
-        for k, idx in enumerate(_batches(len(x), config.batch_size, epoch, config.seed)):
-            step = epoch * per_epoch + k
-            lr = config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            logits = config.logit_scale * adapter(x[idx]) @ labels.T
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            acc = float((logits.argmax(1) == y[idx]).float().mean())
-            yield TrainLog("adapter", epoch, step + 1, float(loss.detach()), acc, lr, time.perf_counter() - t0)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, opt.state_dict())
+    yield from _cross_entropy_steps(
+        "adapter", opt, lambda idx: config.logit_scale * adapter(x[idx]) @ labels.T, y, config,
+        lambda step, total: config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total)),
+        start_epoch, on_epoch_end,
+    )
     adapter.eval()
 
 
@@ -174,22 +182,10 @@ def label_steps(
     opt = torch.optim.SGD([neg_text], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
-    per_epoch = math.ceil(len(x) / config.batch_size)
-    total = per_epoch * config.epochs
-    t0 = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
-        for k, idx in enumerate(_batches(len(x), config.batch_size, epoch, config.seed)):
-            step = epoch * per_epoch + k
-            lr = 0.5 * config.lr * (1 + math.cos(math.pi * step / total))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            logits = config.logit_scale * x[idx] @ F.normalize(neg_text, dim=-1).T
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            acc = float((logits.argmax(1) == y[idx]).float().mean())
-            yield TrainLog("labels", epoch, step + 1, float(loss.detach()), acc, lr, time.perf_counter() - t0)
+    yield from _cross_entropy_steps(
+        "labels", opt, lambda idx: config.logit_scale * x[idx] @ F.normalize(neg_text, dim=-1).T, y, config,
+        lambda step, total: 0.5 * config.lr * (1 + math.cos(math.pi * step / total)), start_epoch,
+    )
 
 
 def train_adapter(dim: int, *args, seed: int = 0, **kwargs) -> tuple[ResidualAdapter, list[TrainLog]]:
@@ -301,7 +297,3 @@ def load_finetune(path: str | Path, words: list[str]) -> dict:
     return {"adapter": adapter, "tuned_neg_text": tensors.get("tuned_neg_text"), "tuned_index": tensors.get("tuned_index"),
             "extra": json.loads(meta.get("extra", "{}"))}
 
-
-def config_dict(config) -> dict:
-    """Return a config dataclass as a JSON-ready dict (for records)."""
-    return asdict(config)

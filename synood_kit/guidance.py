@@ -16,11 +16,21 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OFFICIAL_MARGIN", "boundary_target", "classifier_scorer", "clip_scorer"]
+__all__ = ["OFFICIAL_MARGIN", "boundary_target", "classifier_score", "classifier_scorer", "clip_scorer"]
 
 OFFICIAL_MARGIN = -5.0  # the official code's target m; unreachable for mean(g) - logsumexp(g) with 1000 classes
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def classifier_score(logits: torch.Tensor, form: str = "energy", temperature: float = 1.0) -> torch.Tensor:
+    """Return the guidance score of classifier ``logits`` ``(B, C)``: ``"official"`` ``mean(g) - logsumexp(g)`` or
+    ``"energy"`` ``T * logsumexp(g / T)`` (see :func:`classifier_scorer`)."""
+    if form == "official":
+        return logits.mean(dim=1) - torch.logsumexp(logits, dim=1)
+    if form == "energy":
+        return temperature * torch.logsumexp(logits / temperature, dim=1)
+    raise ValueError(f"form must be 'official' or 'energy', got {form!r}")
 
 
 def classifier_scorer(classifier, form: str = "energy", temperature: float = 1.0) -> Scorer:
@@ -36,10 +46,7 @@ def classifier_scorer(classifier, form: str = "energy", temperature: float = 1.0
         raise ValueError(f"form must be 'official' or 'energy', got {form!r}")
 
     def score(images: torch.Tensor) -> torch.Tensor:
-        g = classifier.logits(images)
-        if form == "official":
-            return g.mean(dim=1) - torch.logsumexp(g, dim=1)
-        return temperature * torch.logsumexp(g / temperature, dim=1)
+        return classifier_score(classifier.logits(images), form, temperature)
 
     return score
 

@@ -44,7 +44,7 @@ from IPython.display import display
 
 from synood_kit.classifier import classifier_logits, load_classifier
 from synood_kit.data import load_image
-from synood_kit.guidance import OFFICIAL_MARGIN, classifier_scorer
+from synood_kit.guidance import OFFICIAL_MARGIN, classifier_score, classifier_scorer
 from synood_kit.inpainting import (GuidanceConfig, InpaintConfig, context_prompt, full_masks, load_inpaint_pipeline,
                                    refine_steps, summarize_refinement)
 from synood_kit.miniworld.benchmark import build_benchmark, default_benchmark_root, read_manifest, split_image_set
@@ -68,9 +68,8 @@ root = default_benchmark_root()
 build_benchmark(root)
 form = "official" if target_mode == "official" else "energy"
 scorer = classifier_scorer(clf, form=form)
-score_of = {"official": lambda g: g.mean(1) - torch.logsumexp(g, 1), "energy": lambda g: torch.logsumexp(g, 1)}[form]
-id_scores = score_of(classifier_logits(clf, split_image_set(root, "id_test")).features).numpy()
-ood_scores = score_of(classifier_logits(clf, split_image_set(root, "near_ood")).features).numpy()
+id_scores = classifier_score(classifier_logits(clf, split_image_set(root, "id_test")).features, form).numpy()
+ood_scores = classifier_score(classifier_logits(clf, split_image_set(root, "near_ood")).features, form).numpy()
 print(f"ID median {np.median(id_scores):.3f}, near-OOD median {np.median(ood_scores):.3f}")
 """),
 ("code", """

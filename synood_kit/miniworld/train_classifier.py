@@ -15,7 +15,6 @@ Running the same command again resumes from ``<run>/checkpoint``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from ..models import ImageTransform
 from .benchmark import BENCHMARK_SPEC
-from .training import load_checkpoint, log_step, save_checkpoint, set_threads
+from .training import load_checkpoint, log_step, save_checkpoint, set_threads, trainer_parser
 from .world import render, sample_scene
 
 ARCH = "resnet"
@@ -141,16 +140,8 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="runs/miniworld_classifier", help="run folder (checkpoints, log)")
-    parser.add_argument("--out", default="assets/miniworld/classifier", help="export folder of the trained model")
-    parser.add_argument("--steps", type=int, default=750)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--pool-size", type=int, default=24000)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = trainer_parser(__doc__, "classifier", steps=750, batch_size=128, pool_size=24000, lr=2e-3)
     parser.add_argument("--image-size", type=int, default=PREPROCESS["size"])
-    parser.add_argument("--smoke", action="store_true", help="a few steps on a tiny pool (for tests)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.batch_size, args.pool_size = 4, 8, 48

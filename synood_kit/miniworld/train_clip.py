@@ -16,7 +16,6 @@ Running the same command again resumes from ``<run>/checkpoint``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .pretraining import HEAD_SIZES, build_pool, caption_truth, head_targets, image_attributes, sample_caption
-from .training import load_checkpoint, log_step, save_checkpoint, set_threads
+from .training import load_checkpoint, log_step, save_checkpoint, set_threads, trainer_parser
 
 CLIP_CFG = {
     "embed_dim": 128,
@@ -179,16 +178,8 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="runs/miniworld_clip", help="run folder (checkpoints, log)")
-    parser.add_argument("--out", default="assets/miniworld/clip", help="export folder of the trained model")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser = trainer_parser(__doc__, "clip", steps=2500, batch_size=256, pool_size=60000, lr=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=800)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--pool-size", type=int, default=60000)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="a few steps on a tiny pool (for tests)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.warmup_steps, args.batch_size, args.pool_size = 4, 2, 16, 64

@@ -17,7 +17,24 @@ import torch
 
 from ..storage import append_jsonl, atomic_path, atomic_write_json
 
-__all__ = ["load_checkpoint", "log_step", "save_checkpoint", "set_threads"]
+__all__ = ["load_checkpoint", "log_step", "save_checkpoint", "set_threads", "trainer_parser"]
+
+
+def trainer_parser(doc: str, name: str, steps: int, batch_size: int, pool_size: int, lr: float):
+    """Return the arguments every mini-world trainer shares: ``--run``, ``--out``, ``--steps``, ``--batch-size``,
+    ``--pool-size``, ``--lr``, ``--seed`` and ``--smoke``, with this trainer's defaults."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--run", default=f"runs/miniworld_{name}", help="run folder (checkpoints, log)")
+    parser.add_argument("--out", default=f"assets/miniworld/{name}", help="export folder of the trained model")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--pool-size", type=int, default=pool_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="a few steps on a tiny pool (for tests)")
+    return parser
 
 
 def set_threads(n: int | None = None) -> int:
