@@ -5,6 +5,8 @@
     synood mine --out negatives.json          # NegLabel negative labels (WordNet 3.0 [+ world vocabulary])
     synood evaluate --out DIR                 # zero-shot baselines per OOD split, both FPR95 conventions
     synood synthesize --out DIR               # near-boundary OOD synthesis (resumable, shardable)
+    synood finetune --synthetic DIR --out DIR # stages A and B, SynOOD vs NegLabel and the ID-only control
+    synood ablate --synthetic NAME=DIR ... --out DIR   # the ablation grid as one tidy table
 """
 
 from __future__ import annotations
@@ -247,6 +249,31 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_ablate(args) -> int:
+    from .ablations import AblationRun, run_ablations
+
+    synthetic = []
+    for item in args.synthetic:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--synthetic expects NAME=FOLDER, got {item!r}")
+        synthetic.append((name, folder))
+    counts = []
+    for k in args.n_negatives.split(","):
+        if k.strip() != "all" and not k.strip().isdigit():
+            raise ValueError(f"--n-negatives expects a comma-separated list of counts or 'all', got {args.n_negatives!r}")
+        counts.append(None if k.strip() == "all" else int(k))
+    run = AblationRun(synthetic=tuple(synthetic), n_negatives=tuple(counts),
+                      trainings=tuple(t.strip() for t in args.trainings.split(",")), clip=args.clip,
+                      pretrained=args.pretrained, benchmark_root=args.benchmark, adapter_epochs=args.adapter_epochs,
+                      label_epochs=args.label_epochs, n_boot=args.n_boot, device=args.device)
+    t = time.time()
+    run_ablations(args.out, run)
+    print((Path(args.out) / "ablations.md").read_text())
+    print(f"wrote {args.out} in {time.time() - t:.0f} s")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     out = Path(args.out)
     print("SynOOD kit demo on the offline mini-world.\nStage 1/3: zero-shot baselines (MCM, NegLabel, MSP, energy).")
@@ -331,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--n-boot", type=int, default=200)
     ft.add_argument("--out", required=True, help="output folder")
     ft.set_defaults(func=_cmd_finetune)
+
+    abl = sub.add_parser("ablate", help="the fine-tuning ablation grid (with the ID-only control) as one table")
+    _add_model_args(abl)
+    abl.add_argument("--synthetic", action="append", required=True,
+                     help="NAME=FOLDER of a `synood synthesize` output (repeat: guided, unguided, CLIP scorer...)")
+    abl.add_argument("--n-negatives", default="all", help="comma-separated numbers of negatives kept, or 'all'")
+    abl.add_argument("--trainings", default="adapter,labels,adapter + labels,joint",
+                     help="comma-separated: adapter, labels, adapter + labels, joint")
+    abl.add_argument("--benchmark", default=None, help="built benchmark folder (default: the cache location)")
+    abl.add_argument("--adapter-epochs", type=int, default=3)
+    abl.add_argument("--label-epochs", type=int, default=5)
+    abl.add_argument("--n-boot", type=int, default=0, help="bootstrap replicates for intervals (0: none)")
+    abl.add_argument("--out", required=True, help="output folder")
+    abl.set_defaults(func=_cmd_ablate)
 
     for name, helptext in (("evaluate", "zero-shot OOD baselines on the mini-world"), ("demo", "the main job, offline")):
         p = sub.add_parser(name, help=helptext)

@@ -18,9 +18,11 @@ from .evaluation import ZeroShotConfig
 
 __all__ = [
     "EvaluationRun",
+    "FinetuneInputs",
     "SynoodRun",
     "ZeroShotResult",
     "ZeroShotRun",
+    "finetune_inputs",
     "miniworld_mining_config",
     "run_evaluation",
     "run_synood",
@@ -157,6 +159,52 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
     return ZeroShotResult(table, scores, accuracy, negatives, out, seconds)
 
 
+@dataclass
+class FinetuneInputs:
+    """Cached CLIP features that fine-tuning and its evaluation read (see :func:`finetune_inputs`)."""
+
+    negatives: object  # the synthesis folder's NegativeLabels (the order its records index)
+    id_train: object  # Features of the ID training split (labelled)
+    syn: object  # Features of the synthetic images
+    syn_index: object  # (M,) each synthetic image's negative label (index into ``negatives``)
+    sets: dict  # {split: Features} for id_test and every OOD split
+    id_text: object  # (C, d) ID label features ("the nice {class}")
+    neg_text: object  # (K, d) negative label features
+
+
+def finetune_inputs(synthetic: str | Path, clip, root: Path, progress: bool = True) -> FinetuneInputs:
+    """Load a synthesis folder's records and negatives and the features fine-tuning needs, from the feature cache
+    where they are already there.
+
+    Raises:
+        FileNotFoundError: if the folder has no records or no ``negatives.json``.
+    """
+    import torch
+
+    from .data import ImageSet
+    from .features import image_features, text_features
+    from .miniworld.benchmark import OOD_SPLITS, split_image_set
+    from .negatives import NegativeLabels
+    from .synthesis import read_records
+
+    syn_dir = Path(synthetic)
+    records = read_records(syn_dir)
+    if not records:
+        raise FileNotFoundError(f"no synthesis records in {syn_dir}: run `synood synthesize --out {syn_dir}` first")
+    if not (syn_dir / "negatives.json").is_file():
+        raise FileNotFoundError(f"{syn_dir} has no negatives.json: synthesise with a --clip that assigns negative labels")
+    negatives = NegativeLabels.load(syn_dir / "negatives.json")
+    id_train = image_features(clip, split_image_set(root, "id_train"), progress=progress)
+    syn_set = ImageSet.from_folder(syn_dir / "images", name=f"synthetic-{syn_dir.name}", labelled=False)
+    syn = image_features(clip, syn_set, progress=progress)
+    by_stem = {Path(r["image"]).stem: r for r in records.values()}
+    syn_index = torch.tensor([by_stem[Path(i).name]["negative_label"]["index"] for i in syn.ids])
+    image_sets = {s: split_image_set(root, s) for s in ["id_test", *OOD_SPLITS]}
+    sets = {s: image_features(clip, v, progress=progress) for s, v in image_sets.items()}
+    id_text = text_features(clip, [f"the nice {c}" for c in image_sets["id_test"].class_names], progress=False)
+    return FinetuneInputs(negatives, id_train, syn, syn_index, sets, id_text, negatives.text_features(clip, progress=False))
+
+
 @dataclass(frozen=True)
 class SynoodRun:
     """What :func:`run_synood` fine-tunes and evaluates (stages 6-7 on a finished synthesis folder)."""
@@ -182,9 +230,7 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
     """
     import torch
 
-    from .data import ImageSet
     from .evaluation import format_markdown, ood_table
-    from .features import image_features, text_features
     from .finetune import (
         AdapterConfig,
         LabelTuneConfig,
@@ -193,36 +239,20 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
         train_adapter,
         tune_labels,
     )
-    from .miniworld.benchmark import OOD_SPLITS, build_benchmark, default_benchmark_root, split_image_set
+    from .miniworld.benchmark import OOD_SPLITS, build_benchmark, default_benchmark_root
     from .models import load_clip
-    from .negatives import NegativeLabels
     from .storage import atomic_write_json, atomic_write_text
-    from .synthesis import read_records
 
     run = run or SynoodRun()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    syn_dir = Path(run.synthetic)
-    records = read_records(syn_dir)
-    if not records:
-        raise FileNotFoundError(f"no synthesis records in {syn_dir}: run `synood synthesize --out {syn_dir}` first")
-    if not (syn_dir / "negatives.json").is_file():
-        raise FileNotFoundError(f"{syn_dir} has no negatives.json: synthesise with a --clip that assigns negative labels")
-    negatives = NegativeLabels.load(syn_dir / "negatives.json")
     root = Path(run.benchmark_root) if run.benchmark_root else default_benchmark_root()
     build_benchmark(root, progress=progress)
     clip = load_clip(run.clip, run.pretrained, device=run.device)
     t = time.time()
-    id_train = image_features(clip, split_image_set(root, "id_train"), progress=progress)
-    syn_set = ImageSet.from_folder(syn_dir / "images", name=f"synthetic-{syn_dir.name}", labelled=False)
-    syn = image_features(clip, syn_set, progress=progress)
-    by_stem = {Path(r["image"]).stem: r for r in records.values()}
-    syn_index = torch.tensor([by_stem[Path(i).name]["negative_label"]["index"] for i in syn.ids])
-    image_sets = {s: split_image_set(root, s) for s in ["id_test", *OOD_SPLITS]}
-    sets = {s: image_features(clip, v, progress=progress) for s, v in image_sets.items()}
-    id_names = list(image_sets["id_test"].class_names)
-    id_text = text_features(clip, [f"the nice {c}" for c in id_names], progress=False)
-    neg_text = negatives.text_features(clip, progress=False)
+    inputs = finetune_inputs(run.synthetic, clip, root, progress)
+    syn_dir, negatives, syn, syn_index = Path(run.synthetic), inputs.negatives, inputs.syn, inputs.syn_index
+    id_train, sets, id_text, neg_text = inputs.id_train, inputs.sets, inputs.id_text, inputs.neg_text
     seconds = {"features": time.time() - t}
 
     t = time.time()

@@ -36,6 +36,7 @@ __all__ = [
     "save_finetune",
     "synood_score",
     "train_adapter",
+    "train_joint",
     "tune_labels",
 ]
 
@@ -52,6 +53,9 @@ class AdapterConfig:
     logit_scale: float = 100.0  # CLIP's 1 / tau
     seed: int = 0  # shuffling seed
 
+    def __post_init__(self) -> None:
+        _check_training_config(self)
+
 
 @dataclass(frozen=True)
 class LabelTuneConfig:
@@ -64,6 +68,26 @@ class LabelTuneConfig:
     batch_size: int = 128  # features per step
     logit_scale: float = 100.0  # CLIP's 1 / tau
     seed: int = 0  # shuffling seed
+
+    def __post_init__(self) -> None:
+        _check_training_config(self)
+
+
+def _check_training_config(config) -> None:
+    """Refuse epochs or batch sizes below 1 and non-finite or non-positive rates, naming the field."""
+    name = type(config).__name__
+    for field in ("epochs", "batch_size"):
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}.{field} must be an integer >= 1, got {value!r}")
+    for field in ("lr", "logit_scale"):
+        value = getattr(config, field)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}.{field} must be a finite number > 0, got {value!r}")
+    for field in ("weight_decay", "min_lr", "momentum"):
+        value = getattr(config, field, 0.0)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}.{field} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -118,6 +142,11 @@ def _cross_entropy_steps(stage, opt, logits_of, y, config, lr_at, start_epoch=0,
             on_epoch_end(epoch, opt.state_dict())
 
 
+def _adapter_schedule(config: AdapterConfig):
+    """Stage A's learning rate: cosine from ``lr`` to ``min_lr`` over all steps."""
+    return lambda step, total: config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total))
+
+
 def adapter_steps(
     adapter: ResidualAdapter,
     id_features: torch.Tensor,
@@ -152,7 +181,7 @@ def adapter_steps(
     adapter.train()
     yield from _cross_entropy_steps(
         "adapter", opt, lambda idx: config.logit_scale * adapter(x[idx]) @ labels.T, y, config,
-        lambda step, total: config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total)),
+        _adapter_schedule(config),
         start_epoch, on_epoch_end,
     )
     adapter.eval()
@@ -203,6 +232,44 @@ def tune_labels(neg_text: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, 
     return param.detach(), logs
 
 
+def train_joint(
+    id_features: torch.Tensor,
+    id_labels: torch.Tensor,
+    syn_features: torch.Tensor,
+    syn_negative_index: torch.Tensor,
+    id_text: torch.Tensor,
+    neg_text: torch.Tensor,
+    config: AdapterConfig | None = None,
+    seed: int = 0,
+) -> tuple[ResidualAdapter, torch.Tensor, list[TrainLog]]:
+    """Ablation beyond the official code: stages A and B as one objective. The adapter and the negative rows are
+    trained together by stage A's loss (ID images -> their class, synthetic images -> their mined label, over
+    ``[ID labels + negatives]``), with stage A's optimiser and schedule for both.
+
+    Returns:
+        ``(adapter, tuned negative rows (K, d) float32, logs)``.
+    """
+    config = config or AdapterConfig()
+    torch.manual_seed(seed)
+    adapter = ResidualAdapter(id_text.shape[1])
+    rows = torch.nn.Parameter(neg_text.detach().clone().float())
+    id_rows = F.normalize(id_text.float(), dim=-1)
+    x = torch.cat([id_features, syn_features]).float()
+    y = torch.cat([id_labels.long(), syn_negative_index.long() + len(id_text)])
+    opt = torch.optim.Adam([*adapter.parameters(), rows], lr=config.lr, weight_decay=config.weight_decay)
+    adapter.train()
+
+    def logits_of(idx):
+        return config.logit_scale * adapter(x[idx]) @ torch.cat([id_rows, F.normalize(rows, dim=-1)]).T
+
+    logs = list(_cross_entropy_steps(
+        "joint", opt, logits_of, y, config,
+        _adapter_schedule(config),
+    ))
+    adapter.eval()
+    return adapter, rows.detach(), logs
+
+
 def synood_score(
     image_features: torch.Tensor,
     id_text: torch.Tensor,
@@ -229,9 +296,27 @@ def synood_score(
 
     Returns:
         ``(N,)`` scores, higher = more in-distribution.
+
+    Raises:
+        ValueError: when the feature widths of images, labels, adapter and tuned rows differ, or tuned rows do
+            not match their indices.
     """
     from .scores import neglabel_score
 
+    d = image_features.shape[-1]
+    widths = {"id_text": id_text.shape[-1], "neg_text": neg_text.shape[-1]}
+    if adapter is not None:
+        widths["adapter"] = adapter.delta[0].in_features
+    if tuned_neg_text is not None:
+        widths["tuned_neg_text"] = tuned_neg_text.shape[-1]
+        n_tuned = len(tuned_index) if tuned_index is not None else len(tuned_neg_text)
+        if n_tuned != len(tuned_neg_text) or (tuned_index is not None and len(tuned_index) and (
+                int(tuned_index.min()) < 0 or int(tuned_index.max()) >= len(neg_text))):
+            raise ValueError(f"{len(tuned_neg_text)} tuned rows need as many indices in [0, {len(neg_text)}), got "
+                             f"{None if tuned_index is None else tuned_index.tolist()[:10]}")
+    wrong = {k: v for k, v in widths.items() if v != d}
+    if wrong:
+        raise ValueError(f"image features are {d}-dimensional but {wrong} differ (a checkpoint of another CLIP?)")
     with torch.no_grad():
         feats = adapter(image_features.float()) if adapter is not None else image_features
         negs = neg_text.float().clone()
@@ -267,22 +352,34 @@ def save_finetune(path: str | Path, words: list[str], adapter: ResidualAdapter |
     return Path(path)
 
 
-def load_finetune(path: str | Path, words: list[str]) -> dict:
+def load_finetune(path: str | Path, words: list[str], dim: int | None = None) -> dict:
     """Read a :func:`save_finetune` checkpoint, refusing one made for another negative-label list.
 
     Returns:
         ``{"adapter": ResidualAdapter | None, "tuned_neg_text": tensor | None, "tuned_index": tensor | None, "extra": dict}``.
 
-    Raises:
-        ValueError: if the checkpoint's label list differs from ``words`` (naming the first difference).
-    """
-    from safetensors import safe_open
+    Args:
+        path: the checkpoint.
+        words: the ordered negative-label list it must have been trained for.
+        dim: if given, the CLIP feature width the adapter and tuned rows must have.
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    saved = json.loads(meta.get("negative_words", "null") or "null")
-    if saved is None:
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not a safetensors checkpoint of this kind, its label list differs from ``words``
+            (naming the first difference), or its shapes do not fit the list or ``dim``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"fine-tuning checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        saved = json.loads(meta.get("negative_words", "null") or "null")
+    except (SafetensorError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(saved, list) or not all(isinstance(w, str) for w in saved):
         raise ValueError(f"{path} is not a SynOOD fine-tuning checkpoint (no negative_words metadata)")
     if list(saved) != list(words):
         first = next((i for i, (a, b) in enumerate(zip(saved, words, strict=False)) if a != b), min(len(saved), len(words)))
@@ -290,10 +387,23 @@ def load_finetune(path: str | Path, words: list[str]) -> dict:
                          f"first difference at position {first})")
     adapter = None
     state = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
-    if state:
-        adapter = ResidualAdapter(state["delta.0.weight"].shape[1])
-        adapter.load_state_dict(state)
-        adapter.eval()
+    tuned, index = tensors.get("tuned_neg_text"), tensors.get("tuned_index")
+    try:
+        if state:
+            width = state["delta.0.weight"].shape[-1] if "delta.0.weight" in state else -1
+            if dim is not None and width != dim:
+                raise ValueError(f"its adapter is {width}-dimensional, expected {dim}")
+            adapter = ResidualAdapter(width)
+            adapter.load_state_dict(state)  # RuntimeError on missing keys or other shapes
+            adapter.eval()
+        if tuned is not None:
+            if tuned.ndim != 2 or (dim is not None and tuned.shape[1] != dim):
+                raise ValueError(f"its tuned rows have shape {tuple(tuned.shape)}, expected (T, {dim or 'd'})")
+            if index is None or index.shape != (len(tuned),) or (len(index) and not 0 <= int(index.min()) <= int(
+                    index.max()) < len(words)):
+                raise ValueError(f"its tuned_index must hold {len(tuned)} rows in [0, {len(words)})")
+    except (RuntimeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} does not fit: {e}") from None
     return {"adapter": adapter, "tuned_neg_text": tensors.get("tuned_neg_text"), "tuned_index": tensors.get("tuned_index"),
             "extra": json.loads(meta.get("extra", "{}"))}
 

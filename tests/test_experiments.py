@@ -103,11 +103,12 @@ def test_cli_mine_writes_an_ordered_list(tmp_path, tiny_clip_dir, cache_root, ca
     assert "kept" in capsys.readouterr().out
 
 
-def test_run_synood_fine_tunes_and_compares_with_neglabel(world, tiny_clip_dir, tiny_clip, tmp_path, cache_root):
+@pytest.fixture(scope="module")
+def synthetic(world, tiny_clip, tmp_path_factory):
+    """A 6-image synthesis folder from a smoke in-painting pipeline, labelled over 150 made-up negatives."""
     from diffusers import StableDiffusionInpaintPipeline
 
     from synood_kit.data import load_image
-    from synood_kit.experiments import SynoodRun, run_synood
     from synood_kit.inpainting import GuidanceConfig, InpaintConfig
     from synood_kit.miniworld.benchmark import read_manifest
     from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
@@ -115,19 +116,29 @@ def test_run_synood_fine_tunes_and_compares_with_neglabel(world, tiny_clip_dir, 
     from synood_kit.synthesis import SynthesisConfig, SynthesisSource, negative_labeler, synthesize
 
     root, _ = world
+    tmp = tmp_path_factory.mktemp("synthetic")
     tok = build_tokenizer()
-    folder = export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path / "pipe", fp16=False)
+    folder = export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp / "pipe", fp16=False)
     pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     recs = read_manifest(root, "id_train")[:6]
     sources = [SynthesisSource(r["id"], load_image(root / r["path"]), "A photo only remain red background.") for r in recs]
-    words = ("granite", "violin", "harbor", "meadow", "lantern")
-    negatives = NegativeLabels(words, ("noun",) * 5, tuple(f"the nice {w}" for w in words), (0.0,) * 5, {})
+    words = tuple(f"{a}{b}" for a in ("gran", "viol", "harb", "mead", "lant", "quar", "pebb", "cind", "mosa", "fern")
+                  for b in ("ite", "in", "or", "ow", "ern", "tz", "le", "er", "ic", "al", "ock", "ine", "ash", "um", "et"))
+    negatives = NegativeLabels(words, ("noun",) * len(words), tuple(f"the nice {w}" for w in words),
+                               tuple(i / len(words) for i in range(len(words))), {})
     config = SynthesisConfig(inpaint=InpaintConfig(num_inference_steps=2, guidance_scale=1.0),
                              guidance=GuidanceConfig(rounds=0), batch_size=3)
-    list(synthesize(pipe, sources, lambda x: x.mean(dim=(1, 2, 3)), tmp_path / "syn", config, progress=False,
-                    labeler=negative_labeler(tiny_clip, negatives, tmp_path / "syn")))
-    result = run_synood(tmp_path / "out", SynoodRun(synthetic=str(tmp_path / "syn"), clip=str(tiny_clip_dir),
+    list(synthesize(pipe, sources, lambda x: x.mean(dim=(1, 2, 3)), tmp / "syn", config, progress=False,
+                    labeler=negative_labeler(tiny_clip, negatives, tmp / "syn")))
+    return tmp / "syn"
+
+
+def test_run_synood_fine_tunes_and_compares_with_neglabel(world, synthetic, tiny_clip_dir, tmp_path, cache_root):
+    from synood_kit.experiments import SynoodRun, run_synood
+
+    root, _ = world
+    result = run_synood(tmp_path / "out", SynoodRun(synthetic=str(synthetic), clip=str(tiny_clip_dir),
                                                     benchmark_root=str(root), adapter_epochs=1, label_epochs=1, n_boot=0),
                         progress=False)
     table = result["table"]
@@ -135,7 +146,46 @@ def test_run_synood_fine_tunes_and_compares_with_neglabel(world, tiny_clip_dir, 
                                     "SynOOD: tuned labels only", "SynOOD (adapter + tuned labels)"}
     assert (tmp_path / "out" / "finetune.safetensors").is_file() and (tmp_path / "out" / "synood.md").is_file()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["n_synthetic"] == 6 and metrics["n_negatives"] == 5
+    assert metrics["n_synthetic"] == 6 and metrics["n_negatives"] == 150
+
+
+def test_ablation_grid_has_every_variant_and_the_control(world, synthetic, tiny_clip_dir, tmp_path, cache_root):
+    from synood_kit.ablations import TRAININGS, AblationRun, run_ablations
+
+    root, _ = world
+    run = AblationRun(synthetic=(("a", str(synthetic)), ("b", str(synthetic))), n_negatives=(None, 100),
+                      clip=str(tiny_clip_dir), benchmark_root=str(root), adapter_epochs=1, label_epochs=1)
+    table = run_ablations(tmp_path / "abl", run, progress=False)["table"]
+    variants = set(zip(table["synthetic"], table["training"], table["n_negatives"], strict=True))
+    expected = {(s, t, k) for s in "ab" for t in TRAININGS for k in (150, 100)}
+    expected |= {("none", "zero-shot", k) for k in (150, 100)} | {("none", "control: adapter on ID only", k) for k in (150, 100)}
+    assert variants == expected
+    assert len(table) == len(expected) * (len(OOD_SPLITS) + 1)  # every OOD split and the mean
+    # the same folder under two names trains the same seeded models
+    a, b = (table[table["synthetic"] == n].drop(columns=["synthetic", "method"]).reset_index(drop=True) for n in "ab")
+    assert a.equals(b)
+    # keeping fewer negatives changes zero-shot NegLabel, and synthetic images are re-assigned among the kept ones
+    zs = table[(table["training"] == "zero-shot") & (table["ood_set"] == "mean")].set_index("n_negatives")["AUROC"]
+    assert zs[100] != zs[150]
+    metrics = json.loads((tmp_path / "abl" / "metrics.json").read_text())
+    assert metrics["synthetic_sets"]["a"]["n_synthetic"] == 6
+    assert 1 <= metrics["synthetic_sets"]["a"]["distinct_labels"]["100"] <= 6
+    assert (tmp_path / "abl" / "ablations.md").read_text().count("\n") == len(table) + 2
+
+
+def test_ablation_run_rejects_bad_settings(capsys):
+    from synood_kit.ablations import AblationRun
+
+    with pytest.raises(ValueError, match="unknown trainings"):
+        AblationRun(synthetic=(("a", "x"),), trainings=("adapter", "both"))
+    with pytest.raises(ValueError, match="at least 100"):
+        AblationRun(synthetic=(("a", "x"),), n_negatives=(50,))
+    with pytest.raises(ValueError, match="unique"):
+        AblationRun(synthetic=(("a", "x"), ("a", "y")))
+    assert main(["ablate", "--synthetic", "nofolder", "--out", "x"]) == 2
+    assert "NAME=FOLDER" in capsys.readouterr().err
+    assert main(["ablate", "--synthetic", "a=x", "--n-negatives", "all,ten", "--out", "x"]) == 2
+    assert "--n-negatives" in capsys.readouterr().err
 
 
 def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(world, tiny_clip_dir, tiny_clip, tmp_path, cache_root,

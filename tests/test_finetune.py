@@ -17,6 +17,7 @@ from synood_kit.finetune import (
     save_finetune,
     synood_score,
     train_adapter,
+    train_joint,
     tune_labels,
 )
 from synood_kit.scores import neglabel_score
@@ -58,6 +59,17 @@ def test_stage_b_tunes_float32_rows_toward_their_images(data):
     assert sum(last) / len(last) < sum(first) / len(first)
     with pytest.raises(TypeError, match="float32"):
         list(label_steps(torch.nn.Parameter(neg_text.half()), syn_feats, syn_index))
+
+
+def test_joint_training_moves_the_adapter_and_the_rows_together(data):
+    id_feats, id_labels, syn_feats, syn_index, id_text, neg_text = data
+    adapter, rows, logs = train_joint(*data, config=AdapterConfig(epochs=6, batch_size=32))
+    assert {log.stage for log in logs} == {"joint"} and len(logs) == 6 * 4
+    assert sum(log.loss for log in logs[-4:]) < sum(log.loss for log in logs[:4])
+    assert rows.dtype == torch.float32 and rows.shape == neg_text.shape and not torch.allclose(rows, neg_text)
+    # the rows are trained with the adapter's features: synthetic images land on their own label
+    logits = adapter(syn_feats) @ F.normalize(torch.cat([id_text, rows]), dim=-1).T
+    assert (logits.argmax(1) == syn_index + C).float().mean() > 0.9
 
 
 def test_resumed_adapter_training_equals_uninterrupted(data):
