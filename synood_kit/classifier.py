@@ -147,14 +147,25 @@ def load_classifier(source: str = "miniworld", weights: str | None = None, devic
                 f"no {CONFIG_NAME} in {folder} (looked for a classifier folder). Train the mini-world classifier with "
                 "`python -m synood_kit.miniworld.train_classifier`, or pass a torchvision name with weights=."
             )
-        cfg = json.loads(cfg_path.read_text())
-        model = build_classifier(cfg["arch"], cfg["kwargs"])
         weights_path = folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise WeightsNotFoundError(f"{folder} has {CONFIG_NAME} but no {WEIGHTS_NAME}")
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
-        model.load_state_dict(state)
-        pre = cfg["preprocess"]
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            model = build_classifier(cfg["arch"], dict(cfg["kwargs"]))
+            pre = cfg["preprocess"]
+            int(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]), tuple(cfg["class_names"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{cfg_path} is not a classifier config ({type(e).__name__}: {e})") from None
+        try:
+            state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
+            model.load_state_dict(state)
+        except Exception as e:  # SafetensorError (not an OSError) or RuntimeError on other shapes
+            raise ValueError(f"{weights_path} does not fit the architecture in {cfg_path} ({type(e).__name__}: "
+                             f"{str(e)[:500]})") from None
+        n_out = getattr(getattr(model, "fc", None), "out_features", len(cfg["class_names"]))
+        if n_out != len(cfg["class_names"]):
+            raise ValueError(f"{cfg_path} names {len(cfg['class_names'])} classes but the model has {n_out} outputs")
         digest = hashlib.sha256(cfg_path.read_bytes())
         digest.update(file_fingerprint(weights_path).encode())
         return ClassifierModel(

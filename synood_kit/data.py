@@ -28,6 +28,7 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MAX_PIXELS = 40_000_000  # larger images are refused rather than decoded (decompression-bomb guard)
 MIN_SIDE = 8  # smaller images carry no usable content
+MAX_LABEL = 1_000_000  # labels above are refused: a corrupt list would otherwise allocate a huge class list
 
 
 class ImageLoadError(ValueError):
@@ -233,9 +234,9 @@ class ImageSet:
             rel, label = (parts[0], parts[1]) if len(parts) == 2 and _is_int(parts[1]) else (line.strip(), "-1")
             try:
                 path = safe_join(root, rel)
+                items.append(ImageItem(Path(rel).with_suffix("").as_posix(), path, _checked_label(label)))
             except ValueError as e:
                 raise ValueError(f"{list_path}:{number}: {e}") from None
-            items.append(ImageItem(Path(rel).with_suffix("").as_posix(), path, int(label)))
         if not items:
             raise ValueError(f"image list {list_path} has no entries")
         return cls(name or list_path.stem, root, tuple(items))
@@ -257,7 +258,11 @@ class ImageSet:
         root = manifest.parent.resolve()
         items = []
         names: dict[int, str] = {}
-        for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = manifest.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{manifest} is not UTF-8 text ({e})") from None
+        for number, line in enumerate(text.split("\n"), 1):  # JSON strings may hold other line breaks
             if not line.strip():
                 continue
             try:
@@ -265,9 +270,11 @@ class ImageSet:
                 if rec["split"] != split:
                     continue
                 path = safe_join(root, rec["path"])
-                label = int(rec["label"])
+                label = _checked_label(rec["label"])
                 item = ImageItem(str(rec["id"]), path, label)
-            except (ValueError, KeyError, TypeError) as e:
+                if label >= 0 and "class_name" in rec and not isinstance(rec["class_name"], str):
+                    raise TypeError(f"class_name must be a string, got {rec['class_name']!r}")
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
                 raise ValueError(f"{manifest}:{number}: malformed manifest record ({type(e).__name__}: {e})") from None
             items.append(item)
             if label >= 0 and "class_name" in rec:
@@ -279,8 +286,16 @@ class ImageSet:
 
 
 def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    return text.isascii() and text.lstrip("+-").isdigit()
+
+
+def _checked_label(value) -> int:
+    """Return ``value`` as a class label: an integer (or integral text) in ``[-1, MAX_LABEL]``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON writers may store 3 as 3.0
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not _is_int(value)):
+        raise ValueError(f"label {value!r} is not an integer")
+    label = int(value)
+    if not -1 <= label <= MAX_LABEL:
+        raise ValueError(f"label {label} is out of range: expected -1 (OOD / unlabelled) or a class index in [0, {MAX_LABEL}]")
+    return label

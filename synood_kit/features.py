@@ -51,8 +51,14 @@ def text_features(
     key = sha256_text(clip.fingerprint + "\n" + "\n".join(texts), 24)
     path = Path(cache_root or cache_dir()) / "text_features" / f"{clip.fingerprint}-{key}.safetensors"
     if use_cache and path.is_file():
-        feats = load_file(str(path))["features"]
-        if len(feats) == len(texts):
+        try:
+            feats = load_file(str(path))["features"]
+        except Exception as e:  # a damaged cache file is recomputed, not fatal
+            import warnings
+
+            warnings.warn(f"text feature cache {path} is unreadable ({type(e).__name__}: {e}); recomputing it", stacklevel=2)
+            feats = None
+        if feats is not None and len(feats) == len(texts):
             return feats
     feats = clip.encode_text(list(texts), batch_size=batch_size, progress=progress).float().contiguous()
     if use_cache:
@@ -127,7 +133,7 @@ def image_features(
     Returns:
         A :class:`FeatureSet` in ``image_set`` order, without the skipped images.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     if shard_size < 1 or batch_size < 1:
@@ -150,10 +156,11 @@ def image_features(
         lo, hi = s * shard_size, min(len(image_set), (s + 1) * shard_size)
         path = folder / f"shard-{s:05d}.safetensors"
         if use_cache and path.is_file():
-            data = load_file(str(path))
-            shards.append({"index": data["index"], "features": data["features"], "skipped": _skipped_of(path)})
-            bar.update(hi - lo)
-            continue
+            shard = _read_shard(path, lo, hi)
+            if shard is not None:
+                shards.append(shard)
+                bar.update(hi - lo)
+                continue
         loader = torch.utils.data.DataLoader(
             _ImageDataset(image_set, list(range(lo, hi)), transform),
             batch_size=batch_size,
@@ -197,6 +204,26 @@ def image_features(
         skipped=[rec for s in shards for rec in s["skipped"]],
         cache_path=folder if use_cache else None,
     )
+
+
+def _read_shard(path: Path, lo: int, hi: int) -> dict | None:
+    """Return a cached shard of images ``[lo, hi)``, or ``None`` (with a warning) if it is unreadable or
+    inconsistent, e.g. damaged by a disk fault outside the kit: it is then recomputed."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    try:
+        data = load_file(str(path))
+        index, feats = data["index"], data["features"]
+        ok = index.ndim == 1 and feats.ndim == 2 and len(index) == len(feats)
+        if ok and bool(((index >= lo) & (index < hi)).all()):
+            return {"index": index, "features": feats, "skipped": _skipped_of(path)}
+        reason = "inconsistent shapes or indices"
+    except Exception as e:  # safetensors raises its own error type on a damaged file
+        reason = f"{type(e).__name__}: {e}"
+    warnings.warn(f"feature cache shard {path} is unreadable ({reason}); recomputing it", stacklevel=3)
+    return None
 
 
 def _skipped_of(path: Path) -> list[dict]:

@@ -26,6 +26,7 @@ The denoising loop is the stock pipeline's (``latents=`` in, ``output_type="late
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,9 +60,14 @@ class InpaintConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if self.prompt_template.count("{context}") != 1:
+        if isinstance(self.num_inference_steps, bool) or not isinstance(self.num_inference_steps, int) \
+                or self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {self.num_inference_steps!r}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        if self.max_context_chars < 1:
+            raise ValueError(f"max_context_chars must be >= 1, got {self.max_context_chars}")
+        if not isinstance(self.prompt_template, str) or self.prompt_template.count("{context}") != 1:
             raise ValueError(f"prompt_template needs one '{{context}}', got {self.prompt_template!r}")
 
 
@@ -77,8 +83,14 @@ class GuidanceConfig:
     official_rounds: bool = False  # True: the last round's gradient is computed and discarded (official)
 
     def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
+            raise ValueError(f"rounds must be an integer >= 0 (0: the unguided baseline), got {self.rounds!r}")
+        if not (math.isfinite(self.step_size) and self.step_size >= 0):
+            raise ValueError(f"step_size must be a finite number >= 0, got {self.step_size}")
+        if not (math.isfinite(self.clip_value) and self.clip_value > 0):
+            raise ValueError(f"clip_value must be a finite number > 0, got {self.clip_value}")
+        if self.target is not None and not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
+            raise ValueError(f"target must be None or a finite number, got {self.target!r}")
         if self.normalize not in ("none", "unit", "clip"):
             raise ValueError(f"normalize must be 'none', 'unit' or 'clip', got {self.normalize!r}")
         if self.official_rounds and self.rounds < 1:

@@ -94,6 +94,7 @@ def load_mllm(
     source: str | os.PathLike = "miniworld",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
 ) -> MllmModel:
     """Load an image-text-to-text model and its processor (a LLaVA-style MLLM).
 
@@ -102,23 +103,30 @@ def load_mllm(
             ``"llava-hf/llava-1.5-7b-hf"`` (read from the local Hugging Face cache when offline).
         device: where to put the model (default CPU).
         dtype: parameter dtype (default float32, whatever the stored dtype).
+        trust_remote_code: let transformers run Python code shipped with the model (off: a folder or hub
+            model that needs it is refused).
 
     Returns:
         An :class:`MllmModel` in eval mode.
 
     Raises:
         WeightsNotFoundError: when the folder is missing or incomplete, or the hub id is not cached offline.
-        ValueError: when the processor has no chat template (the question could not be formatted).
+        ValueError: when the processor has no chat template (the question could not be formatted), or the
+            model needs its own code and ``trust_remote_code`` is off.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path, is_local = resolve_mllm_source(source)
     if is_local and not (Path(path) / "config.json").is_file():
         raise WeightsNotFoundError(_local_hint(str(source), path))
+    if is_local and not trust_remote_code and "auto_map" in (Path(path) / "config.json").read_text(errors="replace"):
+        raise ValueError(f"{path}/config.json asks to run the folder's own Python code (auto_map); refused. Pass "
+                         "trust_remote_code=True only for a model whose code you have read.")
     dtype = dtype or torch.float32
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=is_local)
-        processor = AutoProcessor.from_pretrained(path, local_files_only=is_local)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=is_local,
+                                                            trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(path, local_files_only=is_local, trust_remote_code=trust_remote_code)
     except OSError as e:
         if is_local:
             raise WeightsNotFoundError(_local_hint(str(source), path) + f" (transformers said: {e})") from e

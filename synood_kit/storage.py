@@ -102,16 +102,21 @@ def atomic_write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON record as one line, flushed and fsynced before returning.
 
-    A crash can at worst leave a truncated last line, which :func:`read_jsonl` reports and skips.
+    A crash can at worst leave a truncated last line, which :func:`read_jsonl` reports and skips; the next
+    record starts on a new line, so a truncated line never swallows it.
 
     Raises:
         OutputError: when the file cannot be written.
     """
     path = Path(path)
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
+        with open(path, "ab+") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

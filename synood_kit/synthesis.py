@@ -4,6 +4,7 @@ Layout of an output folder::
 
     images/<source id>.png        the synthetic image (the refinement's last generation)
     records-<rank>.jsonl          one provenance record per image, written after its image
+    skipped.jsonl                 one record per source that cannot be synthesised (id, reason)
     synthesis.json                the run's configuration (a rerun must match it)
 
 Guarantees:
@@ -15,6 +16,9 @@ Guarantees:
   and redoes a partly written one (images are written atomically, so a half-written PNG is never read as
   whole; records are read back deduplicated by id). Killed at any moment and run again, the folder ends
   with every image once, byte-identical to an uninterrupted run.
+* **Bad sources are skipped, not fatal.** A source whose image is not ``(3, H, W)`` in ``[0, 1]`` at the run's
+  size, holds NaN/Inf, or whose mask does not match is left out (before batches are formed, so the choice is the
+  same in every process) and recorded with its reason in ``skipped.jsonl``; the rest goes on.
 * **Sharded.** ``rank``/``world_size`` (e.g. from ``accelerate launch``) take batches ``k`` with
   ``k % world_size == rank``; the union of the shards equals a one-process run.
 """
@@ -34,7 +38,16 @@ import torch
 
 from .inpainting import GuidanceConfig, InpaintConfig, refine_steps
 
-__all__ = ["SynthesisConfig", "SynthesisSource", "item_seed", "negative_labeler", "read_records", "synthesize"]
+__all__ = [
+    "SynthesisConfig",
+    "SynthesisSource",
+    "item_seed",
+    "negative_labeler",
+    "read_records",
+    "read_skipped",
+    "source_problem",
+    "synthesize",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,12 @@ class SynthesisConfig:
     seed: int = 0  # base seed; each image's seed is item_seed(seed, id)
     batch_size: int = 8  # images per refinement call (the unit of resumption)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
 
 def item_seed(seed: int, item_id: str) -> int:
     """Return the seed of one image: a hash of ``(seed, id)``, independent of order, process and device."""
@@ -74,6 +93,54 @@ def read_records(out_dir: str | Path) -> dict[str, dict]:
             if "id" in rec:
                 records.setdefault(rec["id"], rec)
     return records
+
+
+def read_skipped(out_dir: str | Path) -> dict[str, str]:
+    """Return ``{id: reason}`` of the sources a synthesis run left out (``skipped.jsonl``)."""
+    from .storage import read_jsonl
+
+    return {r["id"]: r.get("reason", "") for r in read_jsonl(Path(out_dir) / "skipped.jsonl")[0] if "id" in r}
+
+
+def source_problem(source: SynthesisSource, size: tuple[int, int] | None = None) -> str | None:
+    """Return why ``source`` cannot be synthesised (naming the bad value and what was expected), or ``None``.
+
+    Args:
+        source: the source.
+        size: the run's ``(H, W)``; ``None`` accepts any size.
+    """
+    image, mask = source.image, source.mask
+    if not isinstance(source.prompt, str) or not source.prompt.strip():
+        return f"prompt must be non-empty text, got {source.prompt!r}"
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        return f"image must be a float (3, H, W) tensor in [0, 1], got {shape}"
+    if size is not None and tuple(image.shape[-2:]) != tuple(size):
+        return f"image is {image.shape[-2]}x{image.shape[-1]}, the run's images are {size[0]}x{size[1]}"
+    if not torch.isfinite(image).all():
+        return "image holds NaN or Inf values"
+    if image.min() < 0 or image.max() > 1:
+        return f"image values must lie in [0, 1], got [{float(image.min()):.3g}, {float(image.max()):.3g}]"
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (1, *image.shape[-2:]):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            return f"mask must be (1, {image.shape[-2]}, {image.shape[-1]}) like its image, got {shape}"
+        if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            return "mask values must be finite and lie in [0, 1]"
+    return None
+
+
+def _usable_sources(sources: Sequence[SynthesisSource]) -> tuple[list[SynthesisSource], dict[str, str]]:
+    """Split sources into those that can be synthesised and ``{id: reason}`` of the others."""
+    size = next((tuple(s.image.shape[-2:]) for s in sources if source_problem(s) is None), None)
+    usable, skipped = [], {}
+    for s in sources:
+        problem = source_problem(s, size)
+        if problem is None:
+            usable.append(s)
+        else:
+            skipped[s.id] = problem
+    return usable, skipped
 
 
 def _config_json(config: SynthesisConfig) -> dict:
@@ -122,7 +189,8 @@ def synthesize(
         The provenance record of each image written by this call.
 
     Raises:
-        ValueError: on duplicate source ids, a bad shard, or a folder holding another configuration.
+        ValueError: on duplicate source ids, a bad shard, a folder holding another configuration, or when no
+            source can be synthesised. Single bad sources are skipped and recorded (see the module docstring).
     """
     from PIL import Image
     from tqdm.auto import tqdm
@@ -136,11 +204,18 @@ def synthesize(
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"duplicate source ids {dup}")
+    sources, bad = _usable_sources(sources)
+    if bad and not sources:
+        raise ValueError(f"no source can be synthesised; first problems: {dict(list(bad.items())[:3])}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     with OutputLock(out / "locks" / f"rank-{rank}", purpose="synthesis"):
         if rank == 0:
             _check_config(out, config)
+            known = read_skipped(out)
+            for source_id, reason in bad.items():
+                if source_id not in known:
+                    append_jsonl(out / "skipped.jsonl", {"id": source_id, "reason": reason})
         done = read_records(out)
         bs = config.batch_size
         batches = [k for k in range(0, (len(sources) + bs - 1) // bs) if k % world_size == rank]

@@ -199,16 +199,48 @@ def build_benchmark(root: str | Path, spec: BenchmarkSpec = BENCHMARK_SPEC, prog
 
 def read_manifest(root: str | Path, split: str | None = None) -> list[dict]:
     """Return the benchmark's manifest records (``id``, ``path``, ``split``, ``label``, ``class_name``,
-    ``meta``, and for scenes ``caption`` and ``context``), optionally of one split, in file order."""
+    ``meta``, and for scenes ``caption`` and ``context``), optionally of one split, in file order.
+
+    Raises:
+        FileNotFoundError: if the manifest does not exist.
+        ValueError: for an unknown split, or a line that is not a record with ``id``, ``split``, ``label`` and a
+            ``path`` inside ``root`` (naming the file and line).
+    """
     path = Path(root) / "manifest.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.jsonl in {root}: build the benchmark first (`synood world build`)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if split is not None:
-        if split not in _SPLIT_CODES:
-            raise ValueError(f"unknown split {split!r}; known: {list(_SPLIT_CODES)}")
-        records = [r for r in records if r["split"] == split]
+    if split is not None and split not in _SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; known: {list(_SPLIT_CODES)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e})") from None
+    records = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+            missing = [k for k in ("id", "path", "split", "label") if k not in record]
+            if missing:
+                raise KeyError(f"missing key(s) {missing}")
+            _check_relative(record["path"])
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise ValueError(f"{path}:{number}: malformed manifest record ({type(e).__name__}: {e})") from None
+        if split is None or record["split"] == split:
+            records.append(record)
     return records
+
+
+def _check_relative(rel) -> None:
+    """Refuse a manifest path that is not relative or climbs out of the benchmark root (path traversal)."""
+    if not isinstance(rel, str) or not rel.strip() or "\x00" in rel:
+        raise ValueError(f"path {rel!r} is not a relative file path")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts:
+        raise ValueError(f"path {rel!r} refused: manifest paths stay inside the benchmark root (path traversal)")
 
 
 def split_image_set(root: str | Path, split: str):
