@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export SYNOOD_CACHE ?= $(CURDIR)/.cache/synood
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test install lint clean-venv
 
@@ -25,7 +26,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/synood demo --out $(OUT)
 
-test: $(STAMP)
+# tests/test_browser.py drives Debian's Chromium with Playwright (which never downloads a browser of its own);
+# installed from Debian's registry only when missing, as root (CI) or through sudo.
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive sh -c \
+	  'apt-get update -q && apt-get install -y -q --no-install-recommends chromium'
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
