@@ -194,6 +194,7 @@ def label_steps(
     config: LabelTuneConfig | None = None,
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
+    on_epoch_end=None,
 ) -> Iterator[TrainLog]:
     """Tune the negative label features in place (stage B); yield one :class:`TrainLog` per step.
 
@@ -202,6 +203,7 @@ def label_steps(
         syn_features: ``(M, d)`` synthetic image features (no adapter); ``syn_negative_index`` ``(M,)``.
         config: hyper-parameters.
         start_epoch, optimizer_state: resume from a checkpoint.
+        on_epoch_end: ``f(epoch, optimizer_state)`` called after each epoch (write a checkpoint there).
     """
     config = config or LabelTuneConfig()
     if neg_text.dtype != torch.float32:
@@ -213,7 +215,7 @@ def label_steps(
         opt.load_state_dict(optimizer_state)
     yield from _cross_entropy_steps(
         "labels", opt, lambda idx: config.logit_scale * x[idx] @ F.normalize(neg_text, dim=-1).T, y, config,
-        lambda step, total: 0.5 * config.lr * (1 + math.cos(math.pi * step / total)), start_epoch,
+        lambda step, total: 0.5 * config.lr * (1 + math.cos(math.pi * step / total)), start_epoch, on_epoch_end,
     )
 
 
