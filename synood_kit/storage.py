@@ -62,7 +62,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         OutputError: when the folder cannot be written (full disk, read-only, no permission).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{_writer_token(os.getpid())}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
@@ -157,10 +157,44 @@ def read_jsonl(path: str | Path, strict: bool = False) -> tuple[list[dict], list
     return records, problems
 
 
+def _start_ticks(pid: int) -> str:
+    """Return a process's start time in clock ticks since boot (``""`` where ``/proc`` is not available)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _writer_token(pid: int) -> str:
+    """Return ``<pid>-<start ticks>``: it names a temporary's writer, and is not reused by a later process."""
+    return f"{pid}-{_start_ticks(pid)}"
+
+
+def _is_live_writer(token: str) -> bool:
+    """Return whether ``<pid>-<start ticks>`` names another process that is still running."""
+    pid, _, ticks = token.partition("-")
+    if not pid.isdigit() or int(pid) == os.getpid() or not _:
+        return False
+    if ticks:
+        return ticks == _start_ticks(int(pid))
+    try:  # no /proc: the PID alone
+        os.kill(int(pid), 0)
+    except OSError:
+        return False
+    return True
+
+
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Remove ``.*.tmp-*`` files left in ``folder`` by killed writers; return how many were removed."""
+    """Remove ``.*.tmp-*`` files left in ``folder`` by killed writers; return how many were removed.
+
+    A temporary whose writer is another live process (``tmp-<pid>-<start ticks>`` of a running process) is kept,
+    so two runs sharing a folder (e.g. one feature cache) never delete each other's files mid-write.
+    """
     count = 0
     for tmp in Path(folder).glob(".*.tmp-*"):
+        if _is_live_writer(tmp.name.rsplit(".tmp-", 1)[1]):
+            continue
         with contextlib.suppress(OSError):
             tmp.unlink()
             count += 1
