@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["image_grid", "refinement_figure", "roc_curves", "score_histograms", "score_trajectories"]
+__all__ = ["boundary_map", "image_grid", "refinement_figure", "roc_curves", "score_histograms", "score_trajectories"]
 
 
 def score_histograms(
@@ -177,4 +177,45 @@ def roc_curves(scores: dict[str, dict[str, np.ndarray]], ood_set: str, id_set: s
     ax.set_ylabel("TPR (ID accepted)")
     ax.set_title(ood_set)
     ax.legend(fontsize=6, loc="lower right")
+    return ax.figure
+
+
+def boundary_map(xy: np.ndarray, groups: dict[str, np.ndarray], field, level: float, anchors: np.ndarray | None = None,
+                 title: str = "", ax=None):
+    """Plot a 2-D embedding with a score as a colour field, the decision boundary as a contour, and point groups.
+
+    Args:
+        xy: ``(N, 2)`` embedded points.
+        groups: ``{name: index array into xy}``, drawn in order (later on top).
+        field: ``(extent, grid)`` from :func:`synood_kit.feature_space.score_field` (e.g. the log-score).
+        level: the decision threshold on the field's scale, drawn as a contour.
+        anchors: index array of text-feature anchors (negative labels), drawn as black crosses.
+        title: axes title.
+        ax: axes to draw on.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    extent, grid = field
+    image = ax.imshow(grid, extent=extent, origin="lower", cmap="RdBu", aspect="auto", alpha=0.55,
+                      vmin=level - 3 * max(abs(level), 1), vmax=level + 3 * max(abs(level), 1))
+    xs, ys = np.linspace(extent[0], extent[1], grid.shape[1]), np.linspace(extent[2], extent[3], grid.shape[0])
+    ax.contour(xs, ys, np.nan_to_num(grid, nan=level - 1e3), levels=[level], colors="k", linewidths=1.2)
+    markers = "o^sDvP*X"
+    for i, (name, index) in enumerate(groups.items()):
+        emphasised = name.startswith("synthetic")  # few points that the figure is about: larger, outlined
+        ax.scatter(xy[index, 0], xy[index, 1], s=40 if emphasised else 9, marker=markers[i % len(markers)], label=name,
+                   alpha=0.9 if emphasised else 0.7, edgecolors="k" if emphasised else "none", linewidths=0.6,
+                   zorder=3 if emphasised else 2)
+    if anchors is not None and len(anchors):
+        ax.scatter(xy[anchors, 0], xy[anchors, 1], s=30, marker="x", c="k", label="negative labels (text)", zorder=4)
+    ax.figure.colorbar(image, ax=ax, label="log score (boundary: black line)")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=6, loc="best", markerscale=1.5)
     return ax.figure
