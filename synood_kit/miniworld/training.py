@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -66,10 +67,20 @@ def load_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer) -> d
     if not (ckpt / "state.json").is_file():
         return None
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    blob = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    try:  # weights_only: a tampered optimizer.pt cannot run code
+        blob = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{ckpt / 'optimizer.pt'} refused: it holds pickled objects or code, not plain tensors "
+                         f"({_blocked(e)})") from None
     optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     return json.loads((ckpt / "state.json").read_text())
+
+
+def _blocked(e: Exception) -> str:
+    """Return the line of a ``weights_only`` refusal that names what was blocked."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")[:300]
 
 
 def log_step(run_dir: str | Path, record: dict) -> None:
