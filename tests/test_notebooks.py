@@ -123,3 +123,14 @@ def test_07_umap_places_clip_guided_samples_nearer_the_boundary(tmp_path):
     assert metrics["guided_nearer_than_unguided"]
     assert metrics["guided_distance"] < 0.9 * metrics["unguided_distance"]
     assert metrics["n_synthetic"] == {"CLIP-guided": 12, "unguided": 12}
+
+
+@pytest.mark.slow
+def test_08_ablations_grid_with_the_control(tmp_path):
+    metrics = _run("08_ablations.ipynb", tmp_path, per_class=1)
+    assert (tmp_path / "ablations_near_fpr95.png").is_file() and (tmp_path / "grid" / "ablations.csv").is_file()
+    # 2 numbers of negatives x (zero-shot + control) + 2 synthetic sets x 4 trainings x 2 numbers of negatives
+    assert metrics["n_variants"] == 2 * 2 + 2 * 4 * 2
+    for k in metrics["near_fpr95_control"]:  # fine-tuning the adapter on ID images alone already helps
+        assert metrics["near_fpr95_control"][k] < metrics["near_fpr95_zero_shot"][k]
+    assert set(metrics["near_fpr95_synood"]) == {"classifier-guided", "unguided"}
