@@ -134,3 +134,11 @@ def test_08_ablations_grid_with_the_control(tmp_path):
     for k in metrics["near_fpr95_control"]:  # fine-tuning the adapter on ID images alone already helps
         assert metrics["near_fpr95_control"][k] < metrics["near_fpr95_zero_shot"][k]
     assert set(metrics["near_fpr95_synood"]) == {"classifier-guided", "unguided"}
+
+
+@pytest.mark.slow
+def test_00_quickstart_runs_the_whole_pipeline(tmp_path):
+    metrics = _run("00_quickstart.ipynb", tmp_path)
+    assert metrics["n_synthetic"] == 12
+    assert metrics["near_fpr95_synood"] < metrics["near_fpr95_zero_shot"]
+    assert (tmp_path / "zero_shot" / "zero_shot.md").is_file() and (tmp_path / "finetune" / "synood.md").is_file()
