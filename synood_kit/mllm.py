@@ -120,8 +120,8 @@ def load_mllm(
     if is_local and not (Path(path) / "config.json").is_file():
         raise WeightsNotFoundError(_local_hint(str(source), path))
     if is_local and not trust_remote_code and "auto_map" in (Path(path) / "config.json").read_text(errors="replace"):
-        raise ValueError(f"{path}/config.json asks to run the folder's own Python code (auto_map); refused. Pass "
-                         "trust_remote_code=True only for a model whose code you have read.")
+        raise ValueError(f"{path}/config.json asks to run the folder's own Python code (auto_map); refused. Turn "
+                         "trust_remote_code on only for a model whose code you have read.")
     dtype = dtype or torch.float32
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=is_local,

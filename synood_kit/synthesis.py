@@ -17,8 +17,9 @@ Guarantees:
   whole; records are read back deduplicated by id). Killed at any moment and run again, the folder ends
   with every image once, byte-identical to an uninterrupted run.
 * **Bad sources are skipped, not fatal.** A source whose image is not ``(3, H, W)`` in ``[0, 1]`` at the run's
-  size, holds NaN/Inf, or whose mask does not match is left out (before batches are formed, so the choice is the
-  same in every process) and recorded with its reason in ``skipped.jsonl``; the rest goes on.
+  size (the most common one), holds NaN/Inf, or whose mask does not match is left out (before batches are
+  formed, so the choice is the same in every process) and recorded with its reason in ``skipped.jsonl``; the
+  rest goes on.
 * **Sharded.** ``rank``/``world_size`` (e.g. from ``accelerate launch``) take batches ``k`` with
   ``k % world_size == rank``; the union of the shards equals a one-process run.
 """
@@ -29,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +134,8 @@ def source_problem(source: SynthesisSource, size: tuple[int, int] | None = None)
 
 def _usable_sources(sources: Sequence[SynthesisSource]) -> tuple[list[SynthesisSource], dict[str, str]]:
     """Split sources into those that can be synthesised and ``{id: reason}`` of the others."""
-    size = next((tuple(s.image.shape[-2:]) for s in sources if source_problem(s) is None), None)
+    sizes = Counter(tuple(s.image.shape[-2:]) for s in sources if source_problem(s) is None)
+    size = sizes.most_common(1)[0][0] if sizes else None  # the run's size: the most common (ties: the first)
     usable, skipped = [], {}
     for s in sources:
         problem = source_problem(s, size)

@@ -1,0 +1,563 @@
+"""Bad inputs and untrusted files: every bad value is answered by an error naming it and what was expected; batch
+jobs skip and record a bad item and go on; no file the kit reads can run code. The table in docs/hardening.md
+lists each case with the test that covers it."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from synood_kit.classifier import build_classifier, load_classifier, save_classifier_folder
+from synood_kit.config import CorpusConfig, MiningConfig, NegLabelConfig, read_config
+from synood_kit.data import ImageLoadError, ImageSet, load_image
+from synood_kit.finetune import (
+    AdapterConfig,
+    LabelTuneConfig,
+    ResidualAdapter,
+    load_finetune,
+    save_finetune,
+    synood_score,
+)
+from synood_kit.guidance import boundary_target
+from synood_kit.inpainting import GuidanceConfig, InpaintConfig, load_inpaint_pipeline
+from synood_kit.models import WeightsNotFoundError
+from synood_kit.synthesis import SynthesisConfig, SynthesisSource, read_records, read_skipped, synthesize
+
+# ---------------------------------------------------------------- images
+
+
+def test_a_huge_image_is_refused_before_it_is_decoded(tmp_path):
+    Image.new("1", (8000, 8000)).save(tmp_path / "bomb.png")  # 64 Mpx, a few kB on disk
+    with pytest.raises(ImageLoadError, match=r"bomb.png: 8000x8000 pixels is above the limit of 40000000"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_an_image_that_is_a_directory_or_empty_file_is_named(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty.png: not a readable image"):
+        load_image(tmp_path / "empty.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(FileNotFoundError, match="image not found: .*dir.png"):
+        load_image(tmp_path / "dir.png")
+
+
+# ---------------------------------------------------------------- image sets, lists, manifests
+
+
+def _png(path: Path, side: int = 10) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (side, side), (1, 2, 3)).save(path)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("a.png 1000001", r"list.txt:1: label 1000001 is out of range"),
+    ("a.png -2", r"list.txt:1: label -2 is out of range"),
+    ("/etc/passwd 0", r"list.txt:1: absolute path '/etc/passwd' refused"),
+    ("../outside.png 0", r"list.txt:1: .*path traversal"),
+])
+def test_image_list_lines_with_bad_labels_or_escaping_paths_are_refused(tmp_path, line, message):
+    _png(tmp_path / "data" / "a.png")
+    (tmp_path / "list.txt").write_text(f"{line}\n")
+    with pytest.raises(ValueError, match=message):
+        ImageSet.from_file_list(tmp_path / "list.txt", tmp_path / "data")
+
+
+def _manifest(tmp_path: Path, records: list) -> Path:
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    return path
+
+
+GOOD = {"id": "a", "path": "img/a.png", "split": "train", "label": 0, "class_name": "dog"}
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ('{"id": "a", "path": "img/a.png", "split": "tr', r"manifest.jsonl:2: malformed manifest record \(JSONDecodeError"),
+    ({**GOOD, "label": "dog"}, r"manifest.jsonl:2: .*label 'dog' is not an integer"),
+    ({**GOOD, "label": 1.5}, r"manifest.jsonl:2: .*label 1.5 is not an integer"),
+    ({**GOOD, "label": 10**9}, r"manifest.jsonl:2: .*label 1000000000 is out of range"),
+    ({**GOOD, "class_name": ["dog"]}, r"manifest.jsonl:2: .*class_name must be a string"),
+    ({**GOOD, "path": "/etc/passwd"}, r"manifest.jsonl:2: .*absolute path '/etc/passwd' refused"),
+    ({**GOOD, "path": "img/../../x.png"}, r"manifest.jsonl:2: .*path traversal"),
+    ([1, 2], r"manifest.jsonl:2: malformed manifest record \(TypeError"),
+])
+def test_image_set_manifest_records_that_are_malformed_are_refused_with_file_and_line(tmp_path, record, message):
+    path = _manifest(tmp_path, [{**GOOD, "id": "z"}, record])
+    with pytest.raises(ValueError, match=message):
+        ImageSet.from_manifest(path, "train")
+
+
+def test_duplicate_ids_in_a_manifest_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"duplicate ids, e.g. \['a'\]"):
+        ImageSet.from_manifest(_manifest(tmp_path, [GOOD, GOOD]), "train")
+
+
+def test_a_manifest_that_is_not_utf8_is_refused(tmp_path):
+    (tmp_path / "manifest.jsonl").write_bytes(b'{"id": "\xff\xfe"}\n')
+    with pytest.raises(ValueError, match="manifest.jsonl is not UTF-8 text"):
+        ImageSet.from_manifest(tmp_path / "manifest.jsonl", "train")
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ("not json", r"manifest.jsonl:2: malformed manifest record \(JSONDecodeError"),
+    ({"id": "b", "path": "x.png", "label": 0}, r"manifest.jsonl:2: .*missing key\(s\) \['split'\]"),
+    ({**GOOD, "path": "../../etc/passwd"}, r"manifest.jsonl:2: .*path traversal"),
+    ({**GOOD, "path": "/etc/passwd"}, r"manifest.jsonl:2: .*path traversal"),
+    ({**GOOD, "path": 7}, r"manifest.jsonl:2: .*path 7 is not a relative file path"),
+    ('"just a string"', r"manifest.jsonl:2: .*expected a JSON object"),
+])
+def test_benchmark_manifest_lines_that_are_malformed_or_escape_are_refused(tmp_path, record, message):
+    from synood_kit.miniworld.benchmark import read_manifest
+
+    _manifest(tmp_path, [{**GOOD, "split": "id_test"}, record])
+    with pytest.raises(ValueError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_benchmark_manifest_missing_or_unknown_split_is_named(tmp_path):
+    from synood_kit.miniworld.benchmark import read_manifest
+
+    with pytest.raises(FileNotFoundError, match="no manifest.jsonl in"):
+        read_manifest(tmp_path)
+    _manifest(tmp_path, [{**GOOD, "split": "id_test"}])
+    with pytest.raises(ValueError, match="unknown split 'train'; known: \\['id_train'"):
+        read_manifest(tmp_path, "train")
+    assert [r["id"] for r in read_manifest(tmp_path, "id_test")] == ["a"]
+
+
+# ---------------------------------------------------------------- config files
+
+
+@pytest.mark.parametrize(("name", "text", "error", "message"), [
+    ("run.json", '{"fraction": 0.2,', ValueError, r"run.json is not valid JSON \(JSONDecodeError"),
+    ("run.toml", "fraction = = 2", ValueError, r"run.toml is not valid TOML \(TOMLDecodeError"),
+    ("run.json", '{"fractoin": 0.2}', ValueError, r"unknown MiningConfig field\(s\) \['fractoin'\]; known fields"),
+    ("run.json", '{"fraction": "lots"}', TypeError, r"run.json.fraction: expected float .*got 'lots'"),
+    ("run.json", '{"fraction": 0}', ValueError, r"run.json: MiningConfig.fraction must be in \(0, 1\], got 0"),
+    ("run.toml", "percentile = nan", ValueError, r"MiningConfig.percentile must be in \[0, 100\], got nan"),
+    ("run.json", '{"corpus": {"lemmas": "some"}}', ValueError, r"run.json.corpus: CorpusConfig.lemmas must be"),
+    ("run.json", '{"corpus": 3}', TypeError, r"run.json.corpus: expected CorpusConfig"),
+    ("run.json", "[1, 2]", TypeError, r"run.json: expected a mapping of MiningConfig fields, got list"),
+    ("run.yaml", "fraction: 0.2", ValueError, r"expected a .json or .toml config file, got suffix '.yaml'"),
+])
+def test_malformed_config_files_are_refused_naming_the_file_and_field(tmp_path, name, text, error, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(error, match=message):
+        read_config(tmp_path / name, MiningConfig)
+
+
+def test_a_good_config_file_maps_onto_the_dataclasses(tmp_path):
+    (tmp_path / "run.toml").write_text('[mining]\nfraction = 0.2\npercentile = 90\n[mining.corpus]\n'
+                                       'extra_words = [["zebra", "noun"]]\n')
+    config = read_config(tmp_path / "run.toml", MiningConfig, section="mining")
+    assert config == MiningConfig(fraction=0.2, percentile=90.0, corpus=CorpusConfig(extra_words=(("zebra", "noun"),)))
+    with pytest.raises(ValueError, match="has no section 'scoring'"):
+        read_config(tmp_path / "run.toml", MiningConfig, section="scoring")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        read_config(tmp_path / "missing.json", MiningConfig)
+
+
+# ---------------------------------------------------------------- out-of-range parameters
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: InpaintConfig(strength=0.0), r"strength must be in \(0, 1\], got 0.0"),
+    (lambda: InpaintConfig(strength=1.5), r"strength must be in \(0, 1\], got 1.5"),
+    (lambda: InpaintConfig(strength=math.nan), r"strength must be in \(0, 1\], got nan"),
+    (lambda: InpaintConfig(num_inference_steps=-3), r"num_inference_steps must be an integer >= 1, got -3"),
+    (lambda: InpaintConfig(num_inference_steps=0), r"num_inference_steps must be an integer >= 1, got 0"),
+    (lambda: InpaintConfig(guidance_scale=-1.0), r"guidance_scale must be a finite number >= 0, got -1.0"),
+    (lambda: InpaintConfig(prompt_template="no slot"), r"prompt_template needs one '\{context\}'"),
+    (lambda: GuidanceConfig(rounds=-1), r"rounds must be an integer >= 0 \(0: the unguided baseline\), got -1"),
+    (lambda: GuidanceConfig(rounds=0, official_rounds=True), r"official_rounds needs rounds >= 1"),
+    (lambda: GuidanceConfig(step_size=-1.0), r"step_size must be a finite number >= 0, got -1.0"),
+    (lambda: GuidanceConfig(step_size=math.inf), r"step_size must be a finite number >= 0, got inf"),
+    (lambda: GuidanceConfig(target=math.nan), r"target must be None or a finite number, got nan"),
+    (lambda: GuidanceConfig(normalize="l2"), r"normalize must be 'none', 'unit' or 'clip', got 'l2'"),
+    (lambda: GuidanceConfig(clip_value=0.0), r"clip_value must be a finite number > 0, got 0.0"),
+    (lambda: SynthesisConfig(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
+    (lambda: AdapterConfig(epochs=0), r"AdapterConfig.epochs must be an integer >= 1, got 0"),
+    (lambda: AdapterConfig(lr=-1e-3), r"AdapterConfig.lr must be a finite number > 0, got -0.001"),
+    (lambda: AdapterConfig(lr=math.nan), r"AdapterConfig.lr must be a finite number > 0, got nan"),
+    (lambda: LabelTuneConfig(batch_size=0), r"LabelTuneConfig.batch_size must be an integer >= 1, got 0"),
+    (lambda: LabelTuneConfig(momentum=-0.5), r"LabelTuneConfig.momentum must be a finite number >= 0, got -0.5"),
+    (lambda: MiningConfig(fraction=1.5), r"MiningConfig.fraction must be in \(0, 1\], got 1.5"),
+    (lambda: MiningConfig(percentile=101.0), r"MiningConfig.percentile must be in \[0, 100\], got 101.0"),
+    (lambda: MiningConfig(text_batch_size=0), r"MiningConfig.text_batch_size must be >= 1, got 0"),
+    (lambda: NegLabelConfig(temperature=0.0), r"NegLabelConfig.temperature must be a finite number > 0, got 0.0"),
+    (lambda: NegLabelConfig(n_groups=0), r"NegLabelConfig.n_groups must be None or an integer >= 1, got 0"),
+    (lambda: CorpusConfig(parts_of_speech=("verb",)), r"parts_of_speech must be a non-empty subset"),
+    (lambda: boundary_target(lambda x: x.mean((1, 2, 3)), torch.rand(4, 3, 8, 8), quantile=0.0),
+     r"quantile must be in \(0, 1\), got 0.0"),
+])
+def test_out_of_range_parameters_are_refused_naming_the_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_zero_rounds_is_the_documented_unguided_baseline():
+    config = GuidanceConfig(rounds=0)
+    assert config.rounds == 0 and config.target is None  # one generation, no noise update, no target needed
+
+
+def test_bad_feature_extraction_sizes_are_refused(tiny_clip, tmp_path):
+    _png(tmp_path / "imgs" / "a.png")
+    image_set = ImageSet.from_folder(tmp_path / "imgs", labelled=False)
+    from synood_kit.features import image_features
+
+    for kwargs in ({"shard_size": 0}, {"batch_size": -1}):
+        with pytest.raises(ValueError, match="shard_size and batch_size must be >= 1"):
+            image_features(tiny_clip, image_set, cache_root=tmp_path / "cache", progress=False, **kwargs)
+
+
+# ---------------------------------------------------------------- models and checkpoints
+
+
+def test_unknown_model_names_and_missing_weights_are_named(tmp_path):
+    with pytest.raises(ValueError, match="'no-such-net' is neither a classifier folder nor a torchvision model name"):
+        load_classifier("no-such-net")
+    with pytest.raises(WeightsNotFoundError, match="no model_index.json in .*missing_pipe"):
+        load_inpaint_pipeline(str(tmp_path / "missing_pipe"))
+    with pytest.raises(WeightsNotFoundError, match="'synood-kit-test/no-such-inpainting' are not available offline"):
+        load_inpaint_pipeline("synood-kit-test/no-such-inpainting")
+
+
+@pytest.fixture
+def clf_folder(tmp_path):
+    torch.manual_seed(0)
+    kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 5}
+    return save_classifier_folder(build_classifier("resnet", kw), "resnet", kw, list("abcde"), tmp_path / "clf",
+                                  {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "classifier_config.json").read_text())
+    (folder / "classifier_config.json").write_text(json.dumps({**cfg, **changes}))
+
+
+def test_classifier_folders_whose_weights_or_labels_do_not_fit_are_refused(clf_folder):
+    assert load_classifier(str(clf_folder)).class_names == tuple("abcde")
+    _edit_config(clf_folder, kwargs={"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 7})
+    with pytest.raises(ValueError, match=r"(?s)model.safetensors does not fit the architecture .*size mismatch"):
+        load_classifier(str(clf_folder))
+    _edit_config(clf_folder, kwargs={"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 5}, class_names=["a", "b"])
+    with pytest.raises(ValueError, match="names 2 classes but the model has 5 outputs"):
+        load_classifier(str(clf_folder))
+    (clf_folder / "classifier_config.json").write_text('{"arch": "resnet"')
+    with pytest.raises(ValueError, match=r"classifier_config.json is not a classifier config \(JSONDecodeError"):
+        load_classifier(str(clf_folder))
+
+
+def test_a_damaged_weights_file_is_refused_not_unpickled(clf_folder):
+    (clf_folder / "model.safetensors").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match="model.safetensors does not fit the architecture"):
+        load_classifier(str(clf_folder))
+
+
+WORDS = [f"w{i}" for i in range(8)]
+
+
+def test_finetune_checkpoints_of_other_shapes_or_files_are_refused(tmp_path):
+    torch.manual_seed(0)
+    adapter = ResidualAdapter(16)
+    path = save_finetune(tmp_path / "ft.safetensors", WORDS, adapter, torch.randn(3, 16), torch.tensor([1, 4, 6]))
+    assert load_finetune(path, WORDS, dim=16)["adapter"] is not None
+    with pytest.raises(ValueError, match="does not fit: its adapter is 16-dimensional, expected 32"):
+        load_finetune(path, WORDS, dim=32)
+    with pytest.raises(ValueError, match=r"another negative-label list \(8 vs 7 labels"):
+        load_finetune(path, WORDS[:7])
+    bad_index = save_finetune(tmp_path / "idx.safetensors", WORDS, tuned_neg_text=torch.randn(2, 16),
+                              tuned_index=torch.tensor([1, 8]))
+    with pytest.raises(ValueError, match=r"tuned_index must hold 2 rows in \[0, 8\)"):
+        load_finetune(bad_index, WORDS)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.safetensors is not a readable safetensors checkpoint"):
+        load_finetune(tmp_path / "junk.safetensors", WORDS)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a SynOOD fine-tuning checkpoint"):
+        load_finetune(tmp_path / "other.safetensors", WORDS)
+    with pytest.raises(FileNotFoundError, match="fine-tuning checkpoint not found"):
+        load_finetune(tmp_path / "missing.safetensors", WORDS)
+
+
+def test_scoring_with_a_checkpoint_of_another_width_is_refused():
+    feats, id_text, neg_text = torch.randn(4, 32), torch.randn(3, 32), torch.randn(8, 32)
+    with pytest.raises(ValueError, match=r"image features are 32-dimensional but \{'adapter': 16\} differ"):
+        synood_score(feats, id_text, neg_text, adapter=ResidualAdapter(16))
+    with pytest.raises(ValueError, match=r"2 tuned rows need as many indices in \[0, 8\)"):
+        synood_score(feats, id_text, neg_text, tuned_neg_text=torch.randn(2, 32), tuned_index=torch.tensor([0, 9]))
+
+
+def test_a_damaged_feature_cache_shard_is_recomputed_with_a_warning(tiny_clip, tmp_path):
+    from synood_kit.features import image_features
+
+    for k in range(4):
+        _png(tmp_path / "imgs" / f"{k}.png", side=12 + k)
+    image_set = ImageSet.from_folder(tmp_path / "imgs", labelled=False)
+    first = image_features(tiny_clip, image_set, cache_root=tmp_path / "cache", shard_size=2, progress=False)
+    shard = first.cache_path / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:40])  # damaged by something outside the kit
+    with pytest.warns(UserWarning, match="shard-00001.safetensors is unreadable .*recomputing it"):
+        again = image_features(tiny_clip, image_set, cache_root=tmp_path / "cache", shard_size=2, progress=False)
+    assert torch.equal(again.features, first.features) and again.ids == first.ids
+
+
+# ---------------------------------------------------------------- synthesis: bad items skipped, NaN guidance
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    import fault_workers
+
+    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
+
+    tok = build_tokenizer()
+    folder = export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("p"),
+                             fp16=False)
+    return fault_workers.load_pipe(folder)
+
+
+CONFIG = SynthesisConfig(inpaint=InpaintConfig(num_inference_steps=4, guidance_scale=2.0),
+                         guidance=GuidanceConfig(rounds=1, target=0.0, step_size=0.5, normalize="unit"),
+                         scorer="mean-brightness", seed=1, batch_size=2)
+
+
+def _brightness(images):
+    return images.mean(dim=(1, 2, 3))
+
+
+def _good_sources(n):
+    g = torch.Generator().manual_seed(0)
+    return [SynthesisSource(f"ok{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.")
+            for i in range(n)]
+
+
+def test_bad_synthesis_sources_are_skipped_and_recorded_and_the_rest_goes_on(pipe, tmp_path):
+    good = _good_sources(3)
+    nan_image = good[0].image.clone()
+    nan_image[0, 0, 0] = math.nan
+    bad = [
+        SynthesisSource("small", torch.rand(3, 16, 16), "p"),
+        SynthesisSource("nan", nan_image, "p"),
+        SynthesisSource("bright", good[0].image * 2 + 0.1, "p"),
+        SynthesisSource("flat", torch.rand(32, 32), "p"),
+        SynthesisSource("mask", good[0].image, "p", mask=torch.ones(1, 16, 16)),
+        SynthesisSource("noprompt", good[0].image, "  "),
+    ]
+    sources = [bad[0], good[0], bad[1], bad[2], good[1], bad[3], bad[4], good[2], bad[5]]
+    records = list(synthesize(pipe, sources, _brightness, tmp_path / "mixed", CONFIG, progress=False))
+    assert sorted(r["id"] for r in records) == ["ok0", "ok1", "ok2"]
+    skipped = read_skipped(tmp_path / "mixed")
+    assert skipped == {
+        "small": "image is 16x16, the run's images are 32x32",
+        "nan": "image holds NaN or Inf values",
+        "bright": skipped["bright"],
+        "flat": "image must be a float (3, H, W) tensor in [0, 1], got (32, 32)",
+        "mask": "mask must be (1, 32, 32) like its image, got (1, 16, 16)",
+        "noprompt": "prompt must be non-empty text, got '  '",
+    }
+    assert skipped["bright"].startswith("image values must lie in [0, 1], got [0.1")
+    # the good sources come out as a run of them alone would make them; a rerun records nothing twice
+    list(synthesize(pipe, good, _brightness, tmp_path / "alone", CONFIG, progress=False))
+    for s in good:
+        assert (tmp_path / "mixed" / "images" / f"{s.id}.png").read_bytes() == \
+            (tmp_path / "alone" / "images" / f"{s.id}.png").read_bytes()
+    assert list(synthesize(pipe, sources, _brightness, tmp_path / "mixed", CONFIG, progress=False)) == []
+    assert len((tmp_path / "mixed" / "skipped.jsonl").read_text().splitlines()) == len(bad)
+
+
+def test_a_synthesis_with_no_usable_source_is_an_error(pipe, tmp_path):
+    with pytest.raises(ValueError, match="no source can be synthesised; first problems: .*'x': 'image holds NaN"):
+        list(synthesize(pipe, [SynthesisSource("x", torch.full((3, 32, 32), math.nan), "p")], _brightness, tmp_path,
+                        CONFIG, progress=False))
+
+
+def test_nan_and_inf_guidance_steps_are_rejected_recorded_and_the_run_goes_on(pipe, tmp_path):
+    def poisoned(images):
+        score = images.mean(dim=(1, 2, 3))
+        return torch.stack([score[0] * math.nan, score[1] * math.inf, *score[2:]])
+
+    config = SynthesisConfig(**{**CONFIG.__dict__, "batch_size": 3})
+    records = list(synthesize(pipe, _good_sources(3), poisoned, tmp_path, config, progress=False))
+    assert len(records) == 3 and len(list((tmp_path / "images").glob("*.png"))) == 3
+    by_id = read_records(tmp_path)
+    assert by_id["ok0"]["rejected"][0] and by_id["ok1"]["rejected"][0]  # non-finite gradients: noise kept
+    assert not by_id["ok2"]["rejected"][0]  # the finite sample was updated
+    assert math.isnan(by_id["ok0"]["scores"][0]) and math.isinf(by_id["ok1"]["scores"][0])
+
+
+# ---------------------------------------------------------------- untrusted files
+
+
+class _Evil:
+    """Pickles to a call of ``os.system``: loading it with plain ``pickle`` would run the command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pt_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path, monkeypatch):
+    import open_clip
+    from conftest import TINY_CLIP_CFG
+
+    from synood_kit.models import load_clip
+
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": _Evil(marker)}, tmp_path / "evil.pt")
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "synood-tiny-test", TINY_CLIP_CFG)
+    with pytest.raises(ValueError, match=r"evil.pt' refused: .*weights_only=True.*GLOBAL posix.system"):
+        load_clip("synood-tiny-test", pretrained=str(tmp_path / "evil.pt"))
+    assert not marker.exists()
+
+
+def test_a_trainer_optimizer_state_with_pickled_code_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from synood_kit.miniworld.training import load_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
+    (ckpt / "state.json").write_text('{"step": 3}')
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": _Evil(marker)}, ckpt / "optimizer.pt")
+    with pytest.raises(ValueError, match="optimizer.pt refused: it holds pickled objects or code"):
+        load_checkpoint(tmp_path / "run", model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not marker.exists()
+
+
+def test_every_weights_file_the_kit_writes_is_safetensors(tiny_clip, clf_folder, tmp_path):
+    import fault_workers
+    from safetensors import safe_open
+
+    from synood_kit.features import image_features, text_features
+    from synood_kit.finetune_run import run_finetune
+
+    _png(tmp_path / "imgs" / "a.png")
+    image_features(tiny_clip, ImageSet.from_folder(tmp_path / "imgs", labelled=False), cache_root=tmp_path / "cache",
+                   progress=False)
+    text_features(tiny_clip, ["a dog"], cache_root=tmp_path / "cache", progress=False)
+    words, data = fault_workers.finetune_inputs()
+    run_finetune(tmp_path / "ft", words, *data, adapter_config=AdapterConfig(epochs=1), label_config=LabelTuneConfig(epochs=1))
+    written = [p for p in [*tmp_path.rglob("*"), *clf_folder.rglob("*")] if p.is_file()]
+    data_files = [p for p in written if p.suffix not in (".json", ".jsonl", ".png") and p.name != ".lock"]
+    assert {p.suffix for p in data_files} == {".safetensors"}
+    assert len(data_files) >= 5  # feature shard, text features, checkpoint, result, classifier weights
+    for p in data_files:
+        with safe_open(str(p), framework="pt"):
+            pass
+
+
+def test_model_code_shipped_in_a_folder_is_refused_unless_trusted(tmp_path, monkeypatch):
+    from synood_kit.mllm import load_mllm
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForImageTextToText": "evil.Evil"}}))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(ValueError, match=r"config.json asks to run the folder's own Python code \(auto_map\); refused"):
+        load_mllm(folder)
+    assert not marker.exists()
+    # without auto_map, transformers is still told not to run remote code
+    import transformers
+
+    seen = {}
+
+    def capture(path, **kwargs):
+        seen.update(kwargs)
+        raise OSError("stop here")
+
+    (folder / "config.json").write_text('{"model_type": "llava"}')
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", capture)
+    with pytest.raises(WeightsNotFoundError):
+        load_mllm(folder)
+    assert seen["trust_remote_code"] is False and seen["local_files_only"] is True
+
+
+def test_no_code_path_of_the_kit_turns_remote_code_on():
+    import synood_kit
+
+    sources = [p.read_text() for p in Path(synood_kit.__file__).parent.rglob("*.py")]
+    assert not any("trust_remote_code=True" in s for s in sources)
+
+
+def test_a_symlink_out_of_an_image_lists_root_is_refused(tmp_path):
+    (tmp_path / "outside").mkdir()
+    _png(tmp_path / "outside" / "secret.png")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "link").symlink_to(tmp_path / "outside")
+    (tmp_path / "list.txt").write_text("link/secret.png 0\n")
+    with pytest.raises(ValueError, match="list.txt:1: path 'link/secret.png' leaves its root"):
+        ImageSet.from_file_list(tmp_path / "list.txt", tmp_path / "data")
+
+
+# ---------------------------------------------------------------- API keys
+
+
+class _ChatHandler(http.server.BaseHTTPRequestHandler):
+    seen_auth: list[str] = []
+    status = 200
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).seen_auth.append(self.headers.get("Authorization", ""))
+        if type(self).status != 200:
+            body = {"error": {"message": "invalid api key", "type": "invalid_request_error"}}
+        else:
+            body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                                                                                  "content": "red background, dots"}}]}
+        data = json.dumps(body).encode()
+        self.send_response(type(self).status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_the_endpoint_api_key_never_appears_in_records_or_logs(tmp_path, monkeypatch, caplog, capsys):
+    from synood_kit.prompting import OpenAIBackend, prompt_contexts
+
+    secret = "sk-test-9f8e7d6c5b4a-do-not-log"
+    monkeypatch.setenv("SYNOOD_TEST_API_KEY", secret)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    caplog.set_level(logging.DEBUG)
+    try:
+        backend = OpenAIBackend(url, "m", api_key_env="SYNOOD_TEST_API_KEY", timeout=10)
+        items = [(f"img{i}", torch.rand(3, 16, 16)) for i in range(2)]
+        rows = prompt_contexts(backend, items, tmp_path / "contexts.jsonl", progress=False)
+        assert [r["context"] for r in rows] == [["red background", "dots"]] * 2
+        _ChatHandler.status = 401
+        with pytest.raises(Exception) as refused:  # the endpoint refuses the key: openai's AuthenticationError
+            OpenAIBackend(url, "m", api_key_env="SYNOOD_TEST_API_KEY", timeout=10).ask(items[0][1][None], "q?")
+    finally:
+        _ChatHandler.status = 200
+        server.shutdown()
+    assert _ChatHandler.seen_auth[0] == f"Bearer {secret}"  # the key was sent to the endpoint, and only there
+    out = capsys.readouterr()
+    assert "chat/completions" in caplog.text  # the client's request logs were captured
+    for text in ((tmp_path / "contexts.jsonl").read_text(), caplog.text, out.out, out.err, backend.name,
+                 repr(backend), str(refused.value), repr(refused.value)):
+        assert secret not in text
