@@ -93,10 +93,10 @@ def _cmd_evaluate_folders(args) -> int:
     return 0
 
 
-def _cmd_evaluate(args, out: str | None = None) -> int:
+def _cmd_evaluate(args) -> int:
     from .experiments import ZeroShotRun, run_zero_shot
 
-    if getattr(args, "id", None):
+    if args.id:
         return _cmd_evaluate_folders(args)
     run = ZeroShotRun(
         clip=args.clip,
@@ -108,7 +108,7 @@ def _cmd_evaluate(args, out: str | None = None) -> int:
         device=args.device,
     )
     t = time.time()
-    result = run_zero_shot(out or args.out, run)
+    result = run_zero_shot(args.out, run)
     print((result.out_dir / "zero_shot.md").read_text())
     acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.accuracy.items())
     print(f"ID top-1: {acc}\nFPR95_IDpos: FPR on OOD at 95% TPR on ID (MCM/NegLabel papers); "
@@ -275,27 +275,21 @@ def _cmd_ablate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    out = Path(args.out)
-    print("SynOOD kit demo on the offline mini-world.\nStage 1/3: zero-shot baselines (MCM, NegLabel, MSP, energy).")
-    status = _cmd_evaluate(args, str(out / "zero_shot"))
-    if status:
-        return status
-    print(f"Stage 2/3: near-boundary synthesis ({args.per_class} ID images per class, 3 energy-gradient rounds).")
-    syn = build_parser().parse_args([
-        "synthesize", "--out", str(out / "synthetic"), "--per-class", str(args.per_class), "--clip", args.clip,
-        "--device", args.device, *(["--benchmark", args.benchmark] if args.benchmark else []),
-        *(["--pretrained", args.pretrained] if args.pretrained else []),
-    ])
-    status = _cmd_synthesize(syn)
-    if status:
-        return status
-    print("Stage 3/3: fine-tuning (adapter + tuned negative labels) and evaluation against NegLabel.")
-    ft = build_parser().parse_args([
-        "finetune", "--synthetic", str(out / "synthetic"), "--out", str(out / "synood"), "--clip", args.clip,
-        "--n-boot", str(args.n_boot), "--device", args.device, *(["--benchmark", args.benchmark] if args.benchmark else []),
-        *(["--pretrained", args.pretrained] if args.pretrained else []),
-    ])
-    return _cmd_finetune(ft)
+    from .report import run_report
+
+    parameters = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--param expects KEY=VALUE with a Python identifier as KEY, got {item!r}")
+        try:
+            parameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[key] = value
+    only = [x.strip() for x in args.only.split(",")] if args.only else None
+    print(f"SynOOD kit main job: every notebook in order with papermill, then an HTML report in {args.out}/index.html")
+    report = run_report(args.out, only=only, parameters=parameters)
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,27 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--out", required=True, help="output folder")
     abl.set_defaults(func=_cmd_ablate)
 
-    for name, helptext in (("evaluate", "zero-shot OOD baselines on the mini-world"), ("demo", "the main job, offline")):
-        p = sub.add_parser(name, help=helptext)
-        _add_model_args(p)
-        p.add_argument("--classifier", default=None,
-                       help="classifier folder, torchvision name, or 'none' (mini-world default: 'miniworld')")
-        p.add_argument("--benchmark", default=None, help="built benchmark folder (default: build in the cache)")
-        p.add_argument("--negatives", default=None, help="saved negative labels (default: mine, cached)")
-        p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals (0: none)")
-        p.add_argument("--out", required=name == "evaluate", default="outputs/demo", help="output folder")
-        if name == "evaluate":
-            p.add_argument("--id", default=None, help="ID ImageFolder root or image list (instead of the mini-world)")
-            p.add_argument("--ood", action="append", default=[], help="NAME=PATH of an OOD folder or image list")
-            p.add_argument("--class-names", default="folders", help="'folders', 'imagenet', or a file of names")
-            p.add_argument("--data-root", default=None, help="root of the paths in image-list files")
-            p.add_argument("--finetune", default=None, help="SynOOD checkpoint (adds the SynOOD score)")
-            p.add_argument("--classifier-weights", default=None, help="torchvision weights name (IMAGENET1K_V2)")
-            p.add_argument("--ledger", default=None, help="reported-numbers benchmark to print beside, e.g. "
-                                                          "'ImageNet-1k (MOS)'")
-        if name == "demo":
-            p.add_argument("--per-class", type=int, default=5, help="ID source images per class for synthesis")
-        p.set_defaults(func=_cmd_demo if name == "demo" else _cmd_evaluate)
+    demo = sub.add_parser("demo", help="the main job: run every notebook with papermill and render an HTML report")
+    demo.add_argument("--out", default="outputs/demo", help="output folder (index.html is the summary page)")
+    demo.add_argument("--only", default="", help="comma-separated notebook names or NN prefixes (default: all)")
+    demo.add_argument("--param", action="append", default=[],
+                      help="KEY=VALUE papermill parameter for every notebook that declares it (repeat)")
+    demo.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="OOD evaluation: the mini-world benchmark, or any ID/OOD folders and lists")
+    _add_model_args(p)
+    p.add_argument("--classifier", default=None,
+                   help="classifier folder, torchvision name, or 'none' (mini-world default: 'miniworld')")
+    p.add_argument("--benchmark", default=None, help="built benchmark folder (default: build in the cache)")
+    p.add_argument("--negatives", default=None, help="saved negative labels (default: mine, cached)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals (0: none)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--id", default=None, help="ID ImageFolder root or image list (instead of the mini-world)")
+    p.add_argument("--ood", action="append", default=[], help="NAME=PATH of an OOD folder or image list")
+    p.add_argument("--class-names", default="folders", help="'folders', 'imagenet', or a file of names")
+    p.add_argument("--data-root", default=None, help="root of the paths in image-list files")
+    p.add_argument("--finetune", default=None, help="SynOOD checkpoint (adds the SynOOD score)")
+    p.add_argument("--classifier-weights", default=None, help="torchvision weights name (IMAGENET1K_V2)")
+    p.add_argument("--ledger", default=None, help="reported-numbers benchmark to print beside, e.g. "
+                                                  "'ImageNet-1k (MOS)'")
     return parser
 
 
