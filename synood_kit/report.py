@@ -105,7 +105,7 @@ def _render_html(executed: Path, target: Path) -> None:
 
 
 def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: dict | None = None,
-               kernel_name: str = "python3", progress: bool = True) -> Report:
+               kernel_name: str = "python3", progress: bool = True, notebooks_dir: str | Path | None = None) -> Report:
     """Run the notebooks in order, render each to HTML and write the summary page.
 
     Args:
@@ -114,6 +114,7 @@ def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: d
         parameters: extra papermill parameters for every notebook that declares them (e.g. ``{"clip": ...}``).
         kernel_name: Jupyter kernel.
         progress: print a line per notebook and papermill's cell progress bar.
+        notebooks_dir: where the notebooks are (default: the kit's ``notebooks/``).
 
     Raises:
         ValueError: if ``only`` names no notebook, or a parameter is declared by none of the notebooks run.
@@ -121,7 +122,8 @@ def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: d
     import papermill
 
     out = Path(out_dir).resolve()
-    names = notebook_names()
+    folder = Path(notebooks_dir) if notebooks_dir else repo_root() / "notebooks"
+    names = notebook_names(folder)
     if only:
         chosen = [n for n in names if n in only or n[:2] in only]
         if not chosen:
@@ -129,7 +131,7 @@ def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: d
         names = chosen
     plan = main_job_plan(out, names)
     parameters = dict(parameters or {})
-    declared = {n: set(papermill.inspect_notebook(str(repo_root() / "notebooks" / f"{n}.ipynb"))) for n in names}
+    declared = {n: set(papermill.inspect_notebook(str(folder / f"{n}.ipynb"))) for n in names}
     unused = [k for k in parameters if not any(k in d for d in declared.values())]
     if unused:
         raise ValueError(f"parameters {unused} are declared by none of the notebooks {names}")
@@ -145,7 +147,7 @@ def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: d
         executed = out / "executed" / f"{name}.ipynb"
         cpu0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
         try:
-            papermill.execute_notebook(str(repo_root() / "notebooks" / f"{name}.ipynb"), str(executed),
+            papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(executed),
                                        parameters=params, kernel_name=kernel_name, cwd=str(repo_root()),
                                        progress_bar=progress)
             errors = _error_cells(executed)
