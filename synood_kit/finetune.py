@@ -379,7 +379,8 @@ def load_finetune(path: str | Path, words: list[str], dim: int | None = None) ->
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         saved = json.loads(meta.get("negative_words", "null") or "null")
-    except (SafetensorError, ValueError, OSError) as e:
+        extra = json.loads(meta.get("extra", "{}") or "{}")
+    except (SafetensorError, ValueError, OSError, RecursionError) as e:
         raise ValueError(f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(saved, list) or not all(isinstance(w, str) for w in saved):
         raise ValueError(f"{path} is not a SynOOD fine-tuning checkpoint (no negative_words metadata)")
@@ -407,5 +408,5 @@ def load_finetune(path: str | Path, words: list[str], dim: int | None = None) ->
     except (RuntimeError, ValueError, RecursionError) as e:
         raise ValueError(f"{path} does not fit: {e}") from None
     return {"adapter": adapter, "tuned_neg_text": tensors.get("tuned_neg_text"), "tuned_index": tensors.get("tuned_index"),
-            "extra": json.loads(meta.get("extra", "{}"))}
+            "extra": extra if isinstance(extra, dict) else {}}
 

@@ -113,12 +113,17 @@ def read_run_logs(out_dir: str | Path) -> list[TrainLog]:
     """Return the steps of a run folder's finished epochs, each once, in order (a redone epoch counts once)."""
     from .storage import read_jsonl
 
-    epochs: dict[tuple[str, int], list[dict]] = {}
-    for rec in read_jsonl(Path(out_dir) / "log.jsonl")[0]:
-        epochs.setdefault((rec.get("stage"), rec.get("epoch")), rec.get("steps", []))
     order = {"adapter": 0, "labels": 1}
-    keys = sorted(epochs, key=lambda k: (order.get(k[0], 2), k[1]))
-    return [TrainLog(**step) for k in keys for step in epochs[k]]
+    epochs: dict[tuple[str, int], list[TrainLog]] = {}
+    for rec in read_jsonl(Path(out_dir) / "log.jsonl")[0]:
+        key = (rec.get("stage"), rec.get("epoch"))
+        if key[0] not in order or not isinstance(key[1], int) or key in epochs or not isinstance(rec.get("steps"), list):
+            continue
+        try:
+            epochs[key] = [TrainLog(**step) for step in rec["steps"]]
+        except TypeError:  # not a line this module wrote
+            continue
+    return [log for key in sorted(epochs, key=lambda k: (order[k[0]], k[1])) for log in epochs[key]]
 
 
 def finetune_run_steps(

@@ -233,7 +233,7 @@ def parse_context(answer: str) -> list[str]:
     out: list[str] = []
     for part in _SPLIT.split(answer.lower()):
         item = _LEAD.sub("", part.strip()).strip(" .!?:\"'")
-        item = re.sub(r"\s+", " ", item)
+        item = re.sub(r"\s+", " ", item).strip()  # inner Unicode spaces (e.g. U+00A0) may end up at an edge
         if item and item not in out:
             out.append(item)
     return out

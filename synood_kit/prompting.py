@@ -165,7 +165,7 @@ def prompt_contexts(backend, items, out_path: str | Path, config: PromptingConfi
 
     config = config or PromptingConfig()
     out_path = Path(out_path)
-    rows = {r["id"]: r for r in read_jsonl(out_path)[0] if "id" in r}
+    rows = {r["id"]: r for r in read_jsonl(out_path)[0] if isinstance(r.get("id"), (str, int))}
     todo = [(i, img) for i, img in items if i not in rows]
     for k in tqdm(range(0, len(todo), batch_size), desc="MLLM context", disable=not progress or not todo):
         chunk = todo[k : k + batch_size]

@@ -147,8 +147,8 @@ def read_jsonl(path: str | Path, strict: bool = False) -> tuple[list[dict], list
                 record = json.loads(line)
                 if not isinstance(record, dict):
                     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            except ValueError as e:
-                message = f"{path}:{number}: malformed JSONL line skipped ({e})"
+            except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+                message = f"{path}:{number}: malformed JSONL line skipped ({type(e).__name__}: {e})"
                 if strict:
                     raise ValueError(message) from e
                 problems.append(message)

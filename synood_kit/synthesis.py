@@ -92,7 +92,7 @@ def read_records(out_dir: str | Path) -> dict[str, dict]:
     records: dict[str, dict] = {}
     for path in sorted(Path(out_dir).glob("records-*.jsonl")):
         for rec in read_jsonl(path)[0]:
-            if "id" in rec:
+            if isinstance(rec.get("id"), str):
                 records.setdefault(rec["id"], rec)
     return records
 
@@ -101,7 +101,8 @@ def read_skipped(out_dir: str | Path) -> dict[str, str]:
     """Return ``{id: reason}`` of the sources a synthesis run left out (``skipped.jsonl``)."""
     from .storage import read_jsonl
 
-    return {r["id"]: r.get("reason", "") for r in read_jsonl(Path(out_dir) / "skipped.jsonl")[0] if "id" in r}
+    rows = read_jsonl(Path(out_dir) / "skipped.jsonl")[0]
+    return {r["id"]: str(r.get("reason", "")) for r in rows if isinstance(r.get("id"), str)}
 
 
 def source_problem(source: SynthesisSource, size: tuple[int, int] | None = None) -> str | None:
