@@ -131,15 +131,28 @@ class OpenAIBackend:
         self.max_tokens = max_tokens
 
     def ask(self, images: torch.Tensor, question: str) -> list[str]:
-        """Return one answer per image (one request each; an error becomes an empty answer, recorded later)."""
+        """Return one answer per image (one request each).
+
+        A request the endpoint rejects for its content (HTTP 400/413/422, e.g. an image it cannot read) becomes an
+        empty answer, recorded by :func:`prompt_contexts` as a fallback, and the batch goes on; a refused key, a
+        missing model or an unreachable endpoint raises the ``openai`` error at once.
+        """
+        import openai
+
         answers = []
         for image in images:
             messages = [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": _data_url(image)}},
                 {"type": "text", "text": question},
             ]}]
-            reply = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=self.max_tokens,
-                                                        temperature=0.0)
+            try:
+                reply = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                            max_tokens=self.max_tokens, temperature=0.0)
+            except openai.APIStatusError as e:
+                if e.status_code not in (400, 413, 422):
+                    raise
+                answers.append("")
+                continue
             answers.append(reply.choices[0].message.content or "")
         return answers
 

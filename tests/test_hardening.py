@@ -514,6 +514,7 @@ def test_a_symlink_out_of_an_image_lists_root_is_refused(tmp_path):
 class _ChatHandler(http.server.BaseHTTPRequestHandler):
     seen_auth: list[str] = []
     status = 200
+    next_statuses: list[int] = []  # consumed one per request before ``status`` applies
 
     def log_message(self, *args):
         pass
@@ -521,14 +522,15 @@ class _ChatHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).seen_auth.append(self.headers.get("Authorization", ""))
-        if type(self).status != 200:
+        status = type(self).next_statuses.pop(0) if type(self).next_statuses else type(self).status
+        if status != 200:
             body = {"error": {"message": "invalid api key", "type": "invalid_request_error"}}
         else:
             body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
                                                                                   "content": "red background, dots"}}]}
         data = json.dumps(body).encode()
-        self.send_response(type(self).status)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -550,7 +552,9 @@ def test_the_endpoint_api_key_never_appears_in_records_or_logs(tmp_path, monkeyp
         rows = prompt_contexts(backend, items, tmp_path / "contexts.jsonl", progress=False)
         assert [r["context"] for r in rows] == [["red background", "dots"]] * 2
         _ChatHandler.status = 401
-        with pytest.raises(Exception) as refused:  # the endpoint refuses the key: openai's AuthenticationError
+        import openai
+
+        with pytest.raises(openai.AuthenticationError) as refused:  # the endpoint refuses the key: raised at once
             OpenAIBackend(url, "m", api_key_env="SYNOOD_TEST_API_KEY", timeout=10).ask(items[0][1][None], "q?")
     finally:
         _ChatHandler.status = 200
@@ -561,3 +565,20 @@ def test_the_endpoint_api_key_never_appears_in_records_or_logs(tmp_path, monkeyp
     for text in ((tmp_path / "contexts.jsonl").read_text(), caplog.text, out.out, out.err, backend.name,
                  repr(backend), str(refused.value), repr(refused.value)):
         assert secret not in text
+
+
+def test_an_image_the_endpoint_rejects_is_recorded_as_a_fallback_and_the_batch_goes_on(tmp_path):
+    from synood_kit.prompting import OpenAIBackend, prompt_contexts
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _ChatHandler.next_statuses = [200, 400, 200]  # the second image is refused (e.g. unreadable for the server)
+    try:
+        backend = OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", timeout=10)
+        rows = prompt_contexts(backend, [(f"img{i}", torch.rand(3, 16, 16)) for i in range(3)], tmp_path / "c.jsonl",
+                               progress=False)
+    finally:
+        _ChatHandler.next_statuses = []
+        server.shutdown()
+    assert [r["fallback"] for r in rows] == [None, "empty reply", None]
+    assert rows[1]["prompt"] == "A photo only remain the background." and rows[2]["context"] == ["red background", "dots"]
