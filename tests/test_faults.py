@@ -430,3 +430,21 @@ def test_a_finetuning_folder_of_other_inputs_is_refused(tmp_path):
     run.close()
     with pytest.raises(ValueError, match="other inputs or settings"):
         run_finetune(tmp_path, words, *data, adapter_config=adapter_config, label_config=label_config, seed=1)
+
+
+def test_cleanup_keeps_a_live_writers_temporary_and_removes_a_dead_ones(tmp_path):
+    from synood_kit.storage import _writer_token, remove_stale_temporaries
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        dead_token = _writer_token(dead.pid)  # taken while it runs, as its temporaries would be named
+        dead.wait()
+        (tmp_path / f".shard.safetensors.tmp-{_writer_token(live.pid)}").write_bytes(b"in flight")
+        (tmp_path / f".info.json.tmp-{dead_token}").write_bytes(b"left by a killed run")
+        (tmp_path / ".old.json.tmp-123").write_bytes(b"an older name format")
+        assert remove_stale_temporaries(tmp_path) == 2
+        assert [p.name for p in tmp_path.iterdir()] == [f".shard.safetensors.tmp-{_writer_token(live.pid)}"]
+    finally:
+        live.kill()
+        live.wait()
