@@ -582,3 +582,18 @@ def test_an_image_the_endpoint_rejects_is_recorded_as_a_fallback_and_the_batch_g
         server.shutdown()
     assert [r["fallback"] for r in rows] == [None, "empty reply", None]
     assert rows[1]["prompt"] == "A photo only remain the background." and rows[2]["context"] == ["red background", "dots"]
+
+
+def test_every_row_of_the_hardening_table_names_a_test_that_exists():
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    table = (root / "docs" / "hardening.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| input", "| fault",
+                                                                                                  "| parser", "|---"))]
+    refs = set(re.findall(r"tests/(\w+\.py)::(\w+)", table))
+    assert len(rows) >= 100 and len(refs) >= 80
+    for file, name in refs:
+        tree = ast.parse((root / "tests" / file).read_text())
+        assert name in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, f"{file}::{name}"
