@@ -2,7 +2,7 @@
 
 ``synood demo --out DIR`` (the README's first command) calls :func:`run_report`. Each notebook writes into its
 own folder under ``DIR/notebooks/<name>/``; later notebooks reuse earlier outputs where the plan says so (the
-synthesis folder of 04 feeds 05, 06 and 08; 07's two synthesis folders feed 08), which is only a shortcut:
+quickstart's synthesis folder feeds 04, 05, 06 and 08; 07's two synthesis folders feed 08), which is only a shortcut:
 every notebook also runs alone with its defaults. A notebook that fails is recorded and the others still run;
 everything already executed is kept, and the exit status says so.
 
@@ -46,19 +46,26 @@ def notebook_names(folder: Path | None = None) -> list[str]:
 
 
 def main_job_plan(out: Path, names: list[str]) -> dict[str, dict]:
-    """Return papermill parameters per notebook: its own ``out_dir``, and earlier outputs where they serve."""
+    """Return papermill parameters per notebook: its own ``out_dir``, and earlier outputs where they serve.
+
+    The quickstart's synthesis folder (or, without it, 04's) feeds 04, 05, 06 and 08; 07 synthesises its
+    CLIP-guided and unguided sets from one image per class, and 08 reuses them.
+    """
     nb = {name: out / "notebooks" / name for name in names}
     plan = {name: {"out_dir": str(folder)} for name, folder in nb.items()}
-    syn04 = nb.get("04_negative_labels")
-    if syn04 is not None:
-        for later in ("05_finetune_clip", "06_evaluate"):
-            if later in plan:
-                plan[later]["synthetic_dir"] = str(syn04 / "synthetic")
+    source = next((n for n in ("00_quickstart", "04_negative_labels") if n in plan), None)
+    if source is not None:
+        shared = str(nb[source] / "synthetic")
+        for later in ("04_negative_labels", "05_finetune_clip", "06_evaluate"):
+            if later in plan and later != source:
+                plan[later]["synthetic_dir"] = shared
         if "08_ablations" in plan:
-            plan["08_ablations"]["guided_dir"] = str(syn04 / "synthetic")
-    if "07_feature_space_umap" in plan and "08_ablations" in plan:
-        plan["08_ablations"]["unguided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_unguided")
-        plan["08_ablations"]["clip_guided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_clip_guided")
+            plan["08_ablations"]["guided_dir"] = shared
+    if "07_feature_space_umap" in plan:
+        plan["07_feature_space_umap"]["per_class"] = 1
+        if "08_ablations" in plan:
+            plan["08_ablations"]["unguided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_unguided")
+            plan["08_ablations"]["clip_guided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_clip_guided")
     return plan
 
 

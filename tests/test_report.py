@@ -36,10 +36,15 @@ def test_plan_chains_synthesis_folders_and_gives_each_notebook_its_folder(tmp_pa
     assert names[0] == "00_quickstart" and names == sorted(names) and len(names) >= 9
     plan = main_job_plan(tmp_path, names)
     assert all(plan[n]["out_dir"] == str(tmp_path / "notebooks" / n) for n in names)
-    syn04 = str(tmp_path / "notebooks" / "04_negative_labels" / "synthetic")
-    assert plan["05_finetune_clip"]["synthetic_dir"] == plan["06_evaluate"]["synthetic_dir"] == syn04
-    assert plan["08_ablations"]["guided_dir"] == syn04
+    shared = str(tmp_path / "notebooks" / "00_quickstart" / "synthetic")
+    for name in ("04_negative_labels", "05_finetune_clip", "06_evaluate"):
+        assert plan[name]["synthetic_dir"] == shared
+    assert plan["08_ablations"]["guided_dir"] == shared
     assert plan["08_ablations"]["unguided_dir"].endswith("07_feature_space_umap/synthetic_unguided")
+    # without the quickstart, 04 synthesises and feeds the later ones
+    partial = main_job_plan(tmp_path, ["04_negative_labels", "05_finetune_clip"])
+    assert "synthetic_dir" not in partial["04_negative_labels"]
+    assert partial["05_finetune_clip"]["synthetic_dir"] == str(tmp_path / "notebooks" / "04_negative_labels" / "synthetic")
     # run alone, a notebook gets only its folder and synthesises what it needs itself
     assert main_job_plan(tmp_path, ["05_finetune_clip"]) == {"05_finetune_clip": {"out_dir": str(tmp_path / "notebooks" / "05_finetune_clip")}}
 

@@ -66,7 +66,8 @@ display((100 * near).round(1))
 ("md", "Near-OOD FPR95 (ID positive) per variant; the dashed line is the control at the same number of negatives."),
 ("code", """
 ks = sorted(table["n_negatives"].unique(), reverse=True)
-fig, axes = plt.subplots(1, len(ks), figsize=(6 * len(ks), 4), squeeze=False)
+n_rows = int((table["n_negatives"] == ks[0]).sum() / table["ood_set"].nunique())
+fig, axes = plt.subplots(1, len(ks), figsize=(6 * len(ks), 1.5 + 0.32 * n_rows), squeeze=False)
 for ax, k in zip(axes[0], ks):
     rows = table[(table["ood_set"] == "near_ood") & (table["n_negatives"] == k)]
     labels = [f"{s}\\n{t}" if s != "none" else t for s, t in zip(rows["synthetic"], rows["training"])]
