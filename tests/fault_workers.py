@@ -82,6 +82,17 @@ def finetune_configs():
     return AdapterConfig(epochs=8, batch_size=64), LabelTuneConfig(epochs=8, batch_size=32)  # short epochs: many checkpoints
 
 
+def warm_up_optimizers():
+    """Take one Adam and one SGD step on a dummy parameter: a process's first optimiser step loads modules for
+    ~0.7 s, which would otherwise make every early kill land before any work (the reference run is warm)."""
+    import safetensors.torch  # noqa: F401 (imported by the first checkpoint otherwise)
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    for opt in (torch.optim.Adam([param]), torch.optim.SGD([param], lr=0.1, momentum=0.9)):
+        (param - 1).pow(2).sum().backward()
+        opt.step()
+
+
 def main(argv):
     torch.set_num_threads(1)
     job, *args = argv
@@ -107,6 +118,7 @@ def main(argv):
 
         words, data = finetune_inputs()
         adapter_config, label_config = finetune_configs()
+        warm_up_optimizers()
         print("ready", flush=True)
         start = time.perf_counter()
         for _ in finetune_run_steps(args[0], words, *data, adapter_config=adapter_config, label_config=label_config):
