@@ -441,7 +441,7 @@ def test_a_trainer_optimizer_state_with_pickled_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_every_weights_file_the_kit_writes_is_safetensors(tiny_clip, clf_folder, tmp_path):
+def test_every_weights_file_the_kit_writes_is_safetensors(tiny_clip, tiny_clip_dir, clf_folder, tmp_path):
     import fault_workers
     from safetensors import safe_open
 
@@ -454,10 +454,10 @@ def test_every_weights_file_the_kit_writes_is_safetensors(tiny_clip, clf_folder,
     text_features(tiny_clip, ["a dog"], cache_root=tmp_path / "cache", progress=False)
     words, data = fault_workers.finetune_inputs()
     run_finetune(tmp_path / "ft", words, *data, adapter_config=AdapterConfig(epochs=1), label_config=LabelTuneConfig(epochs=1))
-    written = [p for p in [*tmp_path.rglob("*"), *clf_folder.rglob("*")] if p.is_file()]
+    written = [p for p in [*tmp_path.rglob("*"), *clf_folder.rglob("*"), *tiny_clip_dir.rglob("*")] if p.is_file()]
     data_files = [p for p in written if p.suffix not in (".json", ".jsonl", ".png") and p.name != ".lock"]
     assert {p.suffix for p in data_files} == {".safetensors"}
-    assert len(data_files) >= 5  # feature shard, text features, checkpoint, result, classifier weights
+    assert len(data_files) >= 6  # feature shard, text features, checkpoint, result, classifier and CLIP weights
     for p in data_files:
         with safe_open(str(p), framework="pt"):
             pass
