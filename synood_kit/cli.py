@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-weights", default=None, help="torchvision weights name (IMAGENET1K_V2)")
     p.add_argument("--ledger", default=None, help="reported-numbers benchmark to print beside, e.g. "
                                                   "'ImageNet-1k (MOS)'")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
