@@ -90,15 +90,14 @@ def run_ablations(out_dir: str | Path, run: AblationRun, progress: bool = True) 
         train_joint,
         tune_labels,
     )
-    from .miniworld.benchmark import OOD_SPLITS, build_benchmark, default_benchmark_root
+    from .miniworld.benchmark import OOD_SPLITS, open_benchmark
     from .models import load_clip
     from .negatives import assign_negative_labels
     from .storage import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(run.benchmark_root) if run.benchmark_root else default_benchmark_root()
-    build_benchmark(root, progress=progress)
+    root = open_benchmark(run.benchmark_root, progress=progress)
     clip = load_clip(run.clip, run.pretrained, device=run.device)
     t0 = time.time()
     inputs = {name: finetune_inputs(folder, clip, root, progress) for name, folder in run.synthetic}

@@ -170,17 +170,37 @@ def _guidance_scorer(args):
     return clip_scorer(clip, id_text, kind, neg_text), args.scorer
 
 
-def _cmd_synthesize(args) -> int:
+def _readable_sources(chosen: list[dict], root: Path, out: Path, record: bool):
+    """Load the chosen source images; skip an unreadable one with a warning and (rank 0) a ``skipped.jsonl`` line."""
     import torch
 
-    from .data import load_image
+    from .data import ImageLoadError, load_image
+    from .storage import append_jsonl
+    from .synthesis import read_skipped
+
+    kept, images = [], []
+    for r in chosen:
+        try:
+            images.append(load_image(root / r["path"]))
+            kept.append(r)
+        except (ImageLoadError, FileNotFoundError) as e:
+            print(f"synood synthesize: skipping source {r['id']}: {e}", file=sys.stderr)
+            if record and r["id"] not in read_skipped(out):
+                out.mkdir(parents=True, exist_ok=True)
+                append_jsonl(out / "skipped.jsonl", {"id": r["id"], "reason": f"unreadable image: {e}"})
+    if not kept:
+        raise ValueError(f"none of the {len(chosen)} chosen source images of {root} could be read")
+    return kept, torch.stack(images)
+
+
+def _cmd_synthesize(args) -> int:
+
     from .guidance import OFFICIAL_MARGIN, boundary_target
     from .inpainting import GuidanceConfig, InpaintConfig, context_prompt, load_inpaint_pipeline
-    from .miniworld.benchmark import build_benchmark, default_benchmark_root, read_manifest
+    from .miniworld.benchmark import open_benchmark, read_manifest
     from .synthesis import SynthesisConfig, SynthesisSource, synthesize
 
-    root = Path(args.benchmark) if args.benchmark else default_benchmark_root()
-    build_benchmark(root)
+    root = open_benchmark(args.benchmark)
     records = read_manifest(root, args.split)
     per_class: dict[str, int] = {}
     chosen = []
@@ -190,7 +210,8 @@ def _cmd_synthesize(args) -> int:
             chosen.append(r)
     if not chosen:
         raise ValueError(f"split {args.split!r} of {root} has no images")
-    images = torch.stack([load_image(root / r["path"]) for r in chosen])
+    rank, world = _shard_from_env()
+    chosen, images = _readable_sources(chosen, root, Path(args.out), record=rank == 0)
     if args.context == "mllm":
         from .mllm import describe_context, load_mllm
 
@@ -212,7 +233,6 @@ def _cmd_synthesize(args) -> int:
     config = SynthesisConfig(inpaint=inpaint, guidance=guidance, scorer=form, seed=args.seed, batch_size=args.batch_size)
     pipe = load_inpaint_pipeline(args.pipeline, device=args.device)
     pipe.set_progress_bar_config(disable=True)
-    rank, world = _shard_from_env()
     labeler = None
     if args.clip != "none":
         from .experiments import miniworld_mining_config

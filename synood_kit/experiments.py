@@ -82,7 +82,7 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
 
     from .evaluation import classifier_scores, clip_scores, format_markdown, ood_table, zero_shot_accuracy
     from .features import image_features, text_features
-    from .miniworld.benchmark import OOD_SPLITS, build_benchmark, default_benchmark_root, split_image_set
+    from .miniworld.benchmark import OOD_SPLITS, open_benchmark, split_image_set
     from .models import load_clip
     from .negatives import NegativeLabels, mine_negative_labels
     from .plotting import score_histograms
@@ -93,8 +93,7 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t = time.time()
-    root = Path(run.benchmark_root) if run.benchmark_root else default_benchmark_root()
-    build_benchmark(root, progress=progress)
+    root = open_benchmark(run.benchmark_root, progress=progress)
     splits = ["id_test", *OOD_SPLITS]
     sets = {s: split_image_set(root, s) for s in splits}
     id_names = list(sets["id_test"].class_names)
@@ -223,7 +222,9 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
     """Fine-tune (stage A adapter, stage B tuned negatives) on cached features and compare SynOOD with
     zero-shot NegLabel and the two single-stage ablations on every OOD split.
 
-    Writes ``synood.csv``, ``synood.md``, ``finetune.safetensors`` and ``metrics.json`` into ``out_dir``.
+    Writes ``synood.csv``, ``synood.md``, ``finetune.safetensors`` and ``metrics.json`` into ``out_dir``; the
+    fine-tuning itself checkpoints after every epoch there and resumes when run again with the same inputs
+    (:mod:`synood_kit.finetune_run`), and a folder holding another run is refused.
 
     Returns:
         ``{"table": DataFrame, "scores": {...}, "logs": {...}}``.
@@ -231,44 +232,37 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
     import torch
 
     from .evaluation import format_markdown, ood_table
-    from .finetune import (
-        AdapterConfig,
-        LabelTuneConfig,
-        save_finetune,
-        synood_score,
-        train_adapter,
-        tune_labels,
-    )
-    from .miniworld.benchmark import OOD_SPLITS, build_benchmark, default_benchmark_root
+    from .finetune import AdapterConfig, LabelTuneConfig, synood_score, train_adapter
+    from .finetune_run import run_finetune
+    from .miniworld.benchmark import OOD_SPLITS, open_benchmark
     from .models import load_clip
     from .storage import atomic_write_json, atomic_write_text
 
     run = run or SynoodRun()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(run.benchmark_root) if run.benchmark_root else default_benchmark_root()
-    build_benchmark(root, progress=progress)
+    root = open_benchmark(run.benchmark_root, progress=progress)
     clip = load_clip(run.clip, run.pretrained, device=run.device)
     t = time.time()
     inputs = finetune_inputs(run.synthetic, clip, root, progress)
-    syn_dir, negatives, syn, syn_index = Path(run.synthetic), inputs.negatives, inputs.syn, inputs.syn_index
+    negatives, syn, syn_index = inputs.negatives, inputs.syn, inputs.syn_index
     id_train, sets, id_text, neg_text = inputs.id_train, inputs.sets, inputs.id_text, inputs.neg_text
     seconds = {"features": time.time() - t}
 
     t = time.time()
-    adapter, logs_a = train_adapter(
-        id_text.shape[1], id_train.features, torch.as_tensor(id_train.labels), syn.features, syn_index, id_text,
-        neg_text, config=AdapterConfig(epochs=run.adapter_epochs),
-    )
-    tuned, logs_b = tune_labels(neg_text, syn.features, syn_index, LabelTuneConfig(epochs=run.label_epochs))
+    # stages A and B, resumable: a checkpoint after every epoch in out_dir (synood_kit.finetune_run)
+    ft = run_finetune(out, list(negatives.words), id_train.features, torch.as_tensor(id_train.labels), syn.features,
+                      syn_index, id_text, neg_text, AdapterConfig(epochs=run.adapter_epochs),
+                      LabelTuneConfig(epochs=run.label_epochs))
+    adapter, tuned = ft["adapter"], ft["tuned_neg_text"]
+    logs_a = [log for log in ft["logs"] if log.stage == "adapter"]
+    logs_b = [log for log in ft["logs"] if log.stage == "labels"]
     # control: the same adapter trained on the ID images alone, so the synthetic images' share is visible
     id_only, _ = train_adapter(
         id_text.shape[1], id_train.features, torch.as_tensor(id_train.labels), syn.features[:0], syn_index[:0],
         id_text, neg_text, config=AdapterConfig(epochs=run.adapter_epochs),
     )
     seconds["finetune"] = time.time() - t
-    save_finetune(out / "finetune.safetensors", list(negatives.words), adapter, tuned,
-                  extra={"synthetic": str(syn_dir), "clip": clip.fingerprint, "n_synthetic": len(syn)})
     variants = {
         "NegLabel (zero-shot)": {},
         "control: adapter on ID images only": {"adapter": id_only},
@@ -286,6 +280,7 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
     atomic_write_json(out / "metrics.json", {
         "stage": "synood",
         "run": json.loads(json.dumps(asdict(run), default=str)),
+        "clip_fingerprint": clip.fingerprint,
         "n_synthetic": len(syn),
         "n_negatives": len(negatives),
         "distinct_negative_labels_assigned": int(torch.unique(syn_index).numel()),
@@ -360,8 +355,8 @@ def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = Tru
         negatives.save(out / "negatives.json")
     scores = clip_scores(clip, feats, names, negatives)
     if run.finetune:
-        ft = load_finetune(run.finetune, list(negatives.words))
         id_text = text_features(clip, [f"the nice {c}" for c in names], progress=False)
+        ft = load_finetune(run.finetune, list(negatives.words), dim=id_text.shape[1])
         neg_text = negatives.text_features(clip, progress=False)
         scores["SynOOD"] = {s: synood_score(f, id_text, neg_text, ft["adapter"], ft["tuned_neg_text"], ft["tuned_index"])
                             .double().numpy() for s, f in feats.items()}

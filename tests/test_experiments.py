@@ -212,3 +212,13 @@ def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(world, tiny_clip
     assert metrics["n"]["scenes"] == len(scenes) and (out / "ledger.csv").is_file()
     assert "NegLabel" in capsys.readouterr().out
     assert main(["evaluate", "--id", str(root / "id_test"), "--ood", "broken", "--out", str(out)]) == 2
+
+
+def test_open_benchmark_uses_a_built_folder_as_it_is(world):
+    from synood_kit.miniworld.benchmark import open_benchmark, read_manifest
+
+    root, _ = world
+    before = (root / "manifest.jsonl").read_bytes()
+    assert open_benchmark(root, progress=False) == root
+    assert (root / "manifest.jsonl").read_bytes() == before  # a scaled benchmark is not rebuilt at full size
+    assert len(read_manifest(root, "id_test")) < BENCHMARK_SPEC.n_test_per_class * len(BENCHMARK_SPEC.id_classes)

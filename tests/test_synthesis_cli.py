@@ -99,3 +99,20 @@ def test_accelerate_two_processes_equal_one(setup, reference, tmp_path):
     ids = _record_ids(out)
     assert len(ids) == len(set(ids)) == len(BENCHMARK_SPEC.id_classes)
     assert _images(out) == _images(reference)
+
+
+def test_an_unreadable_source_image_is_skipped_and_recorded(setup, tmp_path):
+    from synood_kit.cli import main
+    from synood_kit.miniworld.benchmark import read_manifest
+    from synood_kit.synthesis import read_records, read_skipped
+
+    bench = tmp_path / "bench"
+    shutil.copytree(setup / "bench", bench)
+    first = read_manifest(bench, "id_test")[0]
+    (bench / first["path"]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    args = _args(setup, tmp_path / "out")
+    args[args.index("--benchmark") + 1] = str(bench)
+    assert main(args) == 0
+    assert first["id"] in read_skipped(tmp_path / "out")
+    assert first["id"] not in read_records(tmp_path / "out")
+    assert len(read_records(tmp_path / "out")) == len(BENCHMARK_SPEC.id_classes) - 1

@@ -39,6 +39,7 @@ __all__ = [
     "BenchmarkSpec",
     "build_benchmark",
     "default_benchmark_root",
+    "open_benchmark",
     "pretraining_digit_rows",
     "read_manifest",
     "split_image_set",
@@ -86,6 +87,21 @@ BENCHMARK_SPEC = BenchmarkSpec(
     ),
     near_ood_classes=("hexagon", "ellipse", "four-point star", "arrow"),
 )
+
+
+def open_benchmark(root: str | Path | None = None, progress: bool = True) -> Path:
+    """Return a benchmark folder ready to read.
+
+    ``None`` is the default benchmark in the cache, built on first use. A given folder that already holds a built
+    benchmark (``benchmark.json`` and ``manifest.jsonl``) is used as it is, whatever its spec (a scaled one for
+    quick looks, say); an empty or missing one gets the default spec built into it.
+    """
+    if root is None:
+        root = default_benchmark_root()
+    root = Path(root)
+    if not ((root / "benchmark.json").is_file() and (root / "manifest.jsonl").is_file()):
+        build_benchmark(root, progress=progress)
+    return root
 
 
 def default_benchmark_root(spec: BenchmarkSpec = BENCHMARK_SPEC) -> Path:
