@@ -48,8 +48,8 @@ def notebook_names(folder: Path | None = None) -> list[str]:
 def main_job_plan(out: Path, names: list[str]) -> dict[str, dict]:
     """Return papermill parameters per notebook: its own ``out_dir``, and earlier outputs where they serve.
 
-    The quickstart's synthesis folder (or, without it, 04's) feeds 04, 05, 06 and 08; 07 synthesises its
-    CLIP-guided and unguided sets from one image per class, and 08 reuses them.
+    The quickstart's synthesis folder (or, without it, 04's) feeds 04, 05, 06 and 08; 07's CLIP-guided and
+    unguided sets feed 08.
     """
     nb = {name: out / "notebooks" / name for name in names}
     plan = {name: {"out_dir": str(folder)} for name, folder in nb.items()}
@@ -61,11 +61,9 @@ def main_job_plan(out: Path, names: list[str]) -> dict[str, dict]:
                 plan[later]["synthetic_dir"] = shared
         if "08_ablations" in plan:
             plan["08_ablations"]["guided_dir"] = shared
-    if "07_feature_space_umap" in plan:
-        plan["07_feature_space_umap"]["per_class"] = 1
-        if "08_ablations" in plan:
-            plan["08_ablations"]["unguided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_unguided")
-            plan["08_ablations"]["clip_guided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_clip_guided")
+    if "07_feature_space_umap" in plan and "08_ablations" in plan:
+        plan["08_ablations"]["unguided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_unguided")
+        plan["08_ablations"]["clip_guided_dir"] = str(nb["07_feature_space_umap"] / "synthetic_clip_guided")
     return plan
 
 

@@ -21,7 +21,7 @@ UMAP (umap-learn, fixed seed, cached) then shows the same samples in 2-D, with t
 the boundary as a black line and the negative labels' text features as anchors, before and after fine-tuning.
 Distances are measured in the full 512-d space; UMAP is only the picture.
 
-**Run time** on 2 CPU cores: about 3 minutes (synthesis of 2 x 24 images, two UMAP fits); cached reruns 30 s.
+**Run time** on 2 CPU cores: about 1.5 minutes (synthesis of 2 x 24 images, two UMAP fits); cached reruns 30 s.
 """),
 ("params", """
 out_dir = "outputs/notebooks/07_feature_space_umap"  # where figures, the cached embeddings and metrics.json go

@@ -16,7 +16,7 @@ The synthetic images earn their place only where a variant beats the control, no
 Regenerate the recorded table (docs/results_miniworld.md) with `synood ablate` on larger synthetic sets;
 this notebook runs the same grid on whatever folders it is given.
 
-**Run time** on 2 CPU cores: about 2 minutes when it synthesises its own small sets; 1 minute with folders given.
+**Run time** on 2 CPU cores: about 1 minute when it synthesises its own small sets; 20 s with folders given.
 """),
 ("params", """
 out_dir = "outputs/notebooks/08_ablations"  # where the table, figures and metrics.json go
