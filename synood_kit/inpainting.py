@@ -295,7 +295,7 @@ def load_inpaint_pipeline(source: str = "miniworld", device: str | torch.device 
         )
     try:
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            str(folder) if local else source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            str(folder) if local else source, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     except OSError as e:
         raise WeightsNotFoundError(
