@@ -26,6 +26,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
 
 
+def _pairs(items: list[str], option: str, form: str, empty_value: bool = False) -> list[tuple[str, str]]:
+    """Split ``NAME=VALUE`` option values; refuse one without a name, an ``=`` or (unless allowed) a value."""
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not (value or empty_value):
+            raise ValueError(f"{option} expects {form}, got {item!r}")
+        out.append((name, value))
+    return out
+
+
 def _cmd_world_build(args) -> int:
     from .miniworld.benchmark import BENCHMARK_SPEC, build_benchmark, default_benchmark_root
 
@@ -74,14 +85,8 @@ def _cmd_mine(args) -> int:
 def _cmd_evaluate_folders(args) -> int:
     from .experiments import EvaluationRun, run_evaluation
 
-    oods = []
-    for item in args.ood:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--ood expects NAME=PATH, got {item!r}")
-        oods.append((name, path))
     run = EvaluationRun(
-        id_source=args.id, ood_sources=tuple(oods), class_names=args.class_names, data_root=args.data_root,
+        id_source=args.id, ood_sources=tuple(_pairs(args.ood, "--ood", "NAME=PATH")), class_names=args.class_names, data_root=args.data_root,
         clip=args.clip, pretrained=args.pretrained, negatives=args.negatives, finetune=args.finetune,
         classifier=None if args.classifier in (None, "none") else args.classifier,
         classifier_weights=args.classifier_weights, ledger_benchmark=args.ledger, n_boot=args.n_boot, device=args.device,
@@ -179,14 +184,14 @@ def _readable_sources(chosen: list[dict], root: Path, out: Path, record: bool):
     from .synthesis import read_skipped
 
     kept, images = [], []
+    known = read_skipped(out) if record else {}
     for r in chosen:
         try:
             images.append(load_image(root / r["path"]))
             kept.append(r)
         except (ImageLoadError, FileNotFoundError) as e:
             print(f"synood synthesize: skipping source {r['id']}: {e}", file=sys.stderr)
-            if record and r["id"] not in read_skipped(out):
-                out.mkdir(parents=True, exist_ok=True)
+            if record and r["id"] not in known:
                 append_jsonl(out / "skipped.jsonl", {"id": r["id"], "reason": f"unreadable image: {e}"})
     if not kept:
         raise ValueError(f"none of the {len(chosen)} chosen source images of {root} could be read")
@@ -272,12 +277,7 @@ def _cmd_finetune(args) -> int:
 def _cmd_ablate(args) -> int:
     from .ablations import AblationRun, run_ablations
 
-    synthetic = []
-    for item in args.synthetic:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise ValueError(f"--synthetic expects NAME=FOLDER, got {item!r}")
-        synthetic.append((name, folder))
+    synthetic = _pairs(args.synthetic, "--synthetic", "NAME=FOLDER")
     counts = []
     for k in args.n_negatives.split(","):
         if k.strip() != "all" and not k.strip().isdigit():
@@ -298,10 +298,9 @@ def _cmd_demo(args) -> int:
     from .report import run_report
 
     parameters = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--param expects KEY=VALUE with a Python identifier as KEY, got {item!r}")
+    for key, value in _pairs(args.param, "--param", "KEY=VALUE with a Python identifier as KEY", empty_value=True):
+        if not key.isidentifier():
+            raise ValueError(f"--param expects KEY=VALUE with a Python identifier as KEY, got {key!r}")
         try:
             parameters[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -2,9 +2,10 @@
 
 The NegLabel (or SynOOD) detector accepts an image when its score is above a threshold ``t`` (by convention the
 ID 5% quantile, where 95% of ID images are accepted). Its decision boundary in feature space is the level set
-``log s(f) = log t`` on the unit sphere. :func:`boundary_distance` estimates each feature's distance to that
-set to first order: ``|log s(f) - log t| / ||grad_f log s(f)||`` with the gradient projected onto the sphere's
-tangent plane. The log makes the score's many orders of magnitude (far-OOD images reach 1e-10) comparable.
+``log s(f) = log t`` on the unit sphere. :func:`boundary_geometry` returns each feature's log-score and its
+slope ``||grad_f log s(f)||`` (the gradient projected onto the sphere's tangent plane) in one pass;
+:func:`boundary_distance` turns them into the first-order distance to that set, ``|log s(f) - log t| / slope``,
+once the threshold is known. The log makes the score's many orders of magnitude (far-OOD images reach 1e-10) comparable.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["boundary_distance", "log_score", "score_field", "umap_embedding"]
+__all__ = ["boundary_distance", "boundary_geometry", "log_score", "score_field", "umap_embedding"]
 
 
 def log_score(features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Tensor, adapter=None,
@@ -28,32 +29,40 @@ def log_score(features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Ten
     return torch.log(neglabel_score(feats, id_text, neg_text, **neglabel_kw).clamp_min(1e-30))
 
 
-def boundary_distance(features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Tensor, log_threshold: float,
-                      adapter=None, batch_size: int = 1024, **neglabel_kw) -> np.ndarray:
-    """Return each feature's first-order distance to the detector's decision boundary on the unit sphere.
+def boundary_geometry(features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Tensor, adapter=None,
+                      batch_size: int = 1024, **neglabel_kw) -> tuple[np.ndarray, np.ndarray]:
+    """Return each feature's log-score and the slope of the log-score on the unit sphere, from one gradient pass.
 
     Args:
         features: ``(N, d)`` CLIP image features (normalised here).
         id_text, neg_text: ID and negative label features (rows substituted by stage B go in ``neg_text``).
-        log_threshold: ``log t`` of the decision threshold (e.g. the log-score's ID 5% quantile).
         adapter: a stage-A adapter applied before scoring (``None``: zero-shot).
         batch_size: features per gradient pass.
         neglabel_kw: NegLabel settings (``temperature``, ``n_groups``, ``seed``).
 
     Returns:
-        ``(N,)`` float64 distances in units of the unit sphere's chord (0: on the boundary).
+        ``(log_scores (N,), slopes (N,))``, float64.
     """
     if adapter is not None:
         adapter.eval()
-    out = []
+    scores, slopes = [], []
     for i in range(0, len(features), batch_size):
         f = F.normalize(features[i : i + batch_size].float(), dim=-1).requires_grad_(True)
         s = log_score(f, id_text, neg_text, adapter, **neglabel_kw)
         (grad,) = torch.autograd.grad(s.sum(), f)
         f = f.detach()
         grad = grad - (grad * f).sum(1, keepdim=True) * f  # tangent to the sphere
-        out.append(((s.detach() - log_threshold).abs() / grad.norm(dim=1).clamp_min(1e-12)).double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+        scores.append(s.detach().double().numpy())
+        slopes.append(grad.norm(dim=1).double().numpy())
+    if not scores:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(scores), np.concatenate(slopes)
+
+
+def boundary_distance(log_scores: np.ndarray, slopes: np.ndarray, log_threshold: float) -> np.ndarray:
+    """Return the first-order distance to the boundary ``log s = log_threshold`` (0: on it), in units of the unit
+    sphere's chord, from :func:`boundary_geometry`'s output."""
+    return np.abs(log_scores - log_threshold) / np.maximum(slopes, 1e-12)
 
 
 def umap_embedding(points: np.ndarray, cache_dir: str | Path | None = None, n_neighbors: int = 15,

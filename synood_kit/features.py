@@ -46,20 +46,15 @@ def text_features(
         progress: show a progress bar while encoding.
         use_cache: read and write the cache.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     key = sha256_text(clip.fingerprint + "\n" + "\n".join(texts), 24)
     path = Path(cache_root or cache_dir()) / "text_features" / f"{clip.fingerprint}-{key}.safetensors"
     if use_cache and path.is_file():
-        try:
-            feats = load_file(str(path))["features"]
-        except Exception as e:  # a damaged cache file is recomputed, not fatal
-            import warnings
-
-            warnings.warn(f"text feature cache {path} is unreadable ({type(e).__name__}: {e}); recomputing it", stacklevel=2)
-            feats = None
-        if feats is not None and len(feats) == len(texts):
-            return feats
+        data = _read_cache_file(path, "text feature cache",
+                                lambda d: "features" in d and len(d["features"]) == len(texts))
+        if data is not None:
+            return data["features"]
     feats = clip.encode_text(list(texts), batch_size=batch_size, progress=progress).float().contiguous()
     if use_cache:
         with atomic_path(path) as tmp:
@@ -206,24 +201,35 @@ def image_features(
     )
 
 
-def _read_shard(path: Path, lo: int, hi: int) -> dict | None:
-    """Return a cached shard of images ``[lo, hi)``, or ``None`` (with a warning) if it is unreadable or
-    inconsistent, e.g. damaged by a disk fault outside the kit: it is then recomputed."""
+def _read_cache_file(path: Path, what: str, valid) -> dict | None:
+    """Return a cache file's tensors if ``valid(tensors)``; otherwise warn and return ``None``, so that a cache
+    damaged by a fault outside the kit is recomputed, never fatal."""
     import warnings
 
     from safetensors.torch import load_file
 
     try:
         data = load_file(str(path))
-        index, feats = data["index"], data["features"]
-        ok = index.ndim == 1 and feats.ndim == 2 and len(index) == len(feats)
-        if ok and bool(((index >= lo) & (index < hi)).all()):
-            return {"index": index, "features": feats, "skipped": _skipped_of(path)}
+        if valid(data):
+            return data
         reason = "inconsistent shapes or indices"
     except Exception as e:  # safetensors raises its own error type on a damaged file
         reason = f"{type(e).__name__}: {e}"
-    warnings.warn(f"feature cache shard {path} is unreadable ({reason}); recomputing it", stacklevel=3)
+    warnings.warn(f"{what} {path} is unreadable ({reason}); recomputing it", stacklevel=3)
     return None
+
+
+def _read_shard(path: Path, lo: int, hi: int) -> dict | None:
+    """Return a cached shard of images ``[lo, hi)``, or ``None`` (with a warning) if it is unreadable or
+    inconsistent."""
+
+    def valid(d):
+        index, feats = d.get("index"), d.get("features")
+        return (index is not None and feats is not None and index.ndim == 1 and feats.ndim == 2
+                and len(index) == len(feats) and bool(((index >= lo) & (index < hi)).all()))
+
+    data = _read_cache_file(path, "feature cache shard", valid)
+    return None if data is None else {"index": data["index"], "features": data["features"], "skipped": _skipped_of(path)}
 
 
 def _skipped_of(path: Path) -> list[dict]:

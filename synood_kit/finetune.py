@@ -159,6 +159,7 @@ def adapter_steps(
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
     on_epoch_end=None,
+    tuned_rows: torch.nn.Parameter | None = None,
 ) -> Iterator[TrainLog]:
     """Train ``adapter`` in place (stage A); yield one :class:`TrainLog` per step.
 
@@ -170,20 +171,26 @@ def adapter_steps(
         config: hyper-parameters.
         start_epoch, optimizer_state: resume from a checkpoint (see :func:`save_finetune`).
         on_epoch_end: ``f(epoch, optimizer_state)`` called after each epoch (write a checkpoint there).
+        tuned_rows: ``(K, d)`` float32 negative rows trained together with the adapter, in place of ``neg_text``
+            (the joint ablation, :func:`train_joint`); ``None``: the negatives stay fixed (stage A).
     """
     config = config or AdapterConfig()
-    labels = F.normalize(torch.cat([id_text, neg_text]).float(), dim=-1)
+    id_rows = F.normalize(id_text.float(), dim=-1)
+    fixed = torch.cat([id_rows, F.normalize(neg_text.float(), dim=-1)])
     x = torch.cat([id_features, syn_features]).float()
     y = torch.cat([id_labels.long(), syn_negative_index.long() + len(id_text)])
-    opt = torch.optim.Adam(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = [*adapter.parameters(), *([] if tuned_rows is None else [tuned_rows])]
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
+
+    def logits_of(idx):
+        labels = fixed if tuned_rows is None else torch.cat([id_rows, F.normalize(tuned_rows, dim=-1)])
+        return config.logit_scale * adapter(x[idx]) @ labels.T
+
     adapter.train()
-    yield from _cross_entropy_steps(
-        "adapter", opt, lambda idx: config.logit_scale * adapter(x[idx]) @ labels.T, y, config,
-        _adapter_schedule(config),
-        start_epoch, on_epoch_end,
-    )
+    yield from _cross_entropy_steps("adapter" if tuned_rows is None else "joint", opt, logits_of, y, config,
+                                    _adapter_schedule(config), start_epoch, on_epoch_end)
     adapter.eval()
 
 
@@ -251,24 +258,11 @@ def train_joint(
     Returns:
         ``(adapter, tuned negative rows (K, d) float32, logs)``.
     """
-    config = config or AdapterConfig()
     torch.manual_seed(seed)
     adapter = ResidualAdapter(id_text.shape[1])
     rows = torch.nn.Parameter(neg_text.detach().clone().float())
-    id_rows = F.normalize(id_text.float(), dim=-1)
-    x = torch.cat([id_features, syn_features]).float()
-    y = torch.cat([id_labels.long(), syn_negative_index.long() + len(id_text)])
-    opt = torch.optim.Adam([*adapter.parameters(), rows], lr=config.lr, weight_decay=config.weight_decay)
-    adapter.train()
-
-    def logits_of(idx):
-        return config.logit_scale * adapter(x[idx]) @ torch.cat([id_rows, F.normalize(rows, dim=-1)]).T
-
-    logs = list(_cross_entropy_steps(
-        "joint", opt, logits_of, y, config,
-        _adapter_schedule(config),
-    ))
-    adapter.eval()
+    logs = list(adapter_steps(adapter, id_features, id_labels, syn_features, syn_negative_index, id_text, neg_text,
+                              config, tuned_rows=rows))
     return adapter, rows.detach(), logs
 
 

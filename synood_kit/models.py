@@ -161,12 +161,6 @@ def resolve_clip_source(model: str, pretrained: str | None) -> tuple[str, str | 
     return model, pretrained
 
 
-def _blocked(e: Exception) -> str:
-    """Return the line of a ``weights_only`` refusal that names what was blocked."""
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")[:300]
-
-
 def _offline_hint(model: str, pretrained: str | None) -> str:
     return (
         f"CLIP weights for model={model!r}, pretrained={pretrained!r} are not available offline. "
@@ -230,9 +224,11 @@ def load_clip(
         )
         tokenizer = open_clip.get_tokenizer(name)
     except pickle.UnpicklingError as e:
+        from .storage import weights_only_refusal
+
         raise ValueError(
             f"pretrained={tag!r} refused: .pt/.pth checkpoints are loaded with weights_only=True and this one holds "
-            f"pickled objects or code ({_blocked(e)})"
+            f"pickled objects or code ({weights_only_refusal(e)})"
         ) from None
     except (OSError, RuntimeError) as e:
         if isinstance(e, FileNotFoundError) or "offline" in str(e).lower() or "connect" in str(e).lower():

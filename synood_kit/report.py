@@ -93,20 +93,16 @@ class Report:
         return all(n.status == "ok" for n in self.notebooks)
 
 
-def _error_cells(path: Path) -> list[str]:
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    return [f"{o.get('ename', '')}: {o.get('evalue', '')}" for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
-
-
-def _render_html(executed: Path, target: Path) -> None:
+def _render(executed: Path, target: Path) -> list[str]:
+    """Render an executed notebook to HTML; return its error outputs (``"Name: value"`` each)."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
+    nb = nbformat.read(executed, as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     atomic_write_text(target, body)
+    return [f"{o.get('ename', '')}: {o.get('evalue', '')}" for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: dict | None = None,
@@ -155,15 +151,16 @@ def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: d
             papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(executed),
                                        parameters=params, kernel_name=kernel_name, cwd=str(repo_root()),
                                        progress_bar=progress)
-            errors = _error_cells(executed)
-            run.status, run.error = ("failed", errors[-1]) if errors else ("ok", "")
+            run.status = "ok"
         except Exception as e:  # a failed notebook is recorded; the others still run
             run.status, run.error = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         run.seconds = round(time.time() - t0, 1)
         run.cpu_seconds = round((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), 1)
         if executed.is_file():
-            _render_html(executed, out / "html" / f"{name}.html")
+            errors = _render(executed, out / "html" / f"{name}.html")
+            if errors and run.status == "ok":  # an error cell that papermill let pass (e.g. tagged raises-exception)
+                run.status, run.error = "failed", errors[-1]
         if progress:
             print(f"[{i}/{len(names)}] {name}: {run.status} in {run.seconds:.0f} s"
                   + (f" ({run.error})" if run.error else ""), flush=True)

@@ -157,6 +157,12 @@ def read_jsonl(path: str | Path, strict: bool = False) -> tuple[list[dict], list
     return records, problems
 
 
+def weights_only_refusal(e: Exception) -> str:
+    """Return the line of a ``torch.load(weights_only=True)`` refusal that names what was blocked."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")[:300]
+
+
 def _start_ticks(pid: int) -> str:
     """Return a process's start time in clock ticks since boot (``""`` where ``/proc`` is not available)."""
     try:

@@ -30,7 +30,7 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 from synood_kit.experiments import ZeroShotRun, run_zero_shot
-from synood_kit.miniworld.benchmark import BENCHMARK_SPEC, build_benchmark, default_benchmark_root, read_manifest
+from synood_kit.miniworld.benchmark import BENCHMARK_SPEC, open_benchmark, read_manifest
 from synood_kit.plotting import image_grid
 
 out = Path(out_dir)
@@ -44,8 +44,7 @@ image is a pure function of `(seed, split, class, index)`, so the benchmark is r
 anywhere, as ImageFolder trees plus a `manifest.jsonl` (the same readers load ImageNet).
 """),
 ("code", """
-root = default_benchmark_root()
-build_benchmark(root)
+root = open_benchmark()
 records = read_manifest(root)
 splits = ["id_train", "id_test", "near_ood", "far_scenes", "far_textures", "far_digits"]
 counts = {s: sum(r["split"] == s for r in records) for s in splits}

@@ -32,7 +32,7 @@ import torch
 from IPython.display import Markdown, display
 
 from synood_kit.data import load_image
-from synood_kit.miniworld.benchmark import build_benchmark, default_benchmark_root, read_manifest
+from synood_kit.miniworld.benchmark import open_benchmark, read_manifest
 from synood_kit.plotting import image_grid
 from synood_kit.prompting import OpenAIBackend, PromptingConfig, TransformersBackend, prompt_contexts
 
@@ -45,8 +45,7 @@ if backend == "openai":
 else:
     model = TransformersBackend(mllm, device=device)
 config = PromptingConfig(question=question)
-root = default_benchmark_root()
-build_benchmark(root)
+root = open_benchmark()
 records = read_manifest(root, "id_test")
 records = records[:: max(1, len(records) // n_images)][:n_images]
 images = torch.stack([load_image(root / r["path"]) for r in records])

@@ -47,7 +47,7 @@ from synood_kit.data import load_image
 from synood_kit.guidance import OFFICIAL_MARGIN, classifier_score, classifier_scorer
 from synood_kit.inpainting import (GuidanceConfig, InpaintConfig, context_prompt, full_masks, load_inpaint_pipeline,
                                    refine_steps, summarize_refinement)
-from synood_kit.miniworld.benchmark import build_benchmark, default_benchmark_root, read_manifest, split_image_set
+from synood_kit.miniworld.benchmark import open_benchmark, read_manifest, split_image_set
 from synood_kit.plotting import refinement_figure, score_trajectories
 from synood_kit.widgets import refinement_widget
 
@@ -64,8 +64,7 @@ near-OOD images set the landscape the samples should land in; the target is the 
 pipe = load_inpaint_pipeline(pipeline, device=device)
 pipe.set_progress_bar_config(disable=True)
 clf = load_classifier(classifier, weights=classifier_weights or None, device=device)
-root = default_benchmark_root()
-build_benchmark(root)
+root = open_benchmark()
 form = "official" if target_mode == "official" else "energy"
 scorer = classifier_scorer(clf, form=form)
 id_scores = classifier_score(classifier_logits(clf, split_image_set(root, "id_test")).features, form).numpy()

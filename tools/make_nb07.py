@@ -10,7 +10,7 @@ Fig. 1). Is that true in CLIP's feature space, for which guidance, and what does
 The detector (zero-shot NegLabel; after fine-tuning, SynOOD) accepts an image when its score is above the
 threshold that keeps 95% of ID images. Its **decision boundary** in feature space is that score's level set. We
 measure each sample's first-order distance to it, `|log s(f) - log t| / ||grad log s(f)||` on the unit sphere
-(`synood_kit.feature_space.boundary_distance`), for ID, near-OOD, far-OOD and three kinds of synthetic images:
+(`synood_kit.feature_space.boundary_geometry` and `boundary_distance`), for ID, near-OOD, far-OOD and three kinds of synthetic images:
 
 * **CLIP-guided**: energy-gradient refinement with CLIP's own NegLabel score as the scorer (`--scorer
   clip-neglabel --normalize unit`), toward the ID 5% quantile;
@@ -48,9 +48,9 @@ from IPython.display import display
 
 from synood_kit.cli import main as synood
 from synood_kit.experiments import finetune_inputs
-from synood_kit.feature_space import boundary_distance, log_score, score_field, umap_embedding
+from synood_kit.feature_space import boundary_distance, boundary_geometry, score_field, umap_embedding
 from synood_kit.finetune import train_adapter, tune_labels
-from synood_kit.miniworld.benchmark import build_benchmark, default_benchmark_root
+from synood_kit.miniworld.benchmark import open_benchmark
 from synood_kit.models import load_clip
 from synood_kit.plotting import boundary_map
 
@@ -68,8 +68,7 @@ if classifier_guided_dir:
 """),
 ("md", "Features of every set, from the feature cache (one CLIP pass per image set, ever)."),
 ("code", """
-root = default_benchmark_root()
-build_benchmark(root)
+root = open_benchmark()
 model = load_clip(clip)
 inputs = {name: finetune_inputs(folder, model, root) for name, folder in folders.items()}
 base = inputs["CLIP-guided"]
@@ -84,16 +83,16 @@ The threshold `t` is the ID test images' 5% score quantile. A sample on the ID s
 '''),
 ("code", """
 def boundary_table(adapter=None, neg_text=base.neg_text):
-    log_t = float(torch.quantile(log_score(features["id_test"], base.id_text, neg_text, adapter).detach(), 0.05))
+    geometry = {name: boundary_geometry(f, base.id_text, neg_text, adapter) for name, f in features.items()}
+    log_t = float(np.quantile(geometry["id_test"][0], 0.05))
     rows = []
-    for name, f in features.items():
-        d = boundary_distance(f, base.id_text, neg_text, log_t, adapter)
-        s = log_score(f, base.id_text, neg_text, adapter).detach().numpy()
-        rows.append({"set": name, "n": len(f), "median distance to boundary": float(np.median(d)),
+    for name, (s, slope) in geometry.items():
+        d = boundary_distance(s, slope, log_t)
+        rows.append({"set": name, "n": len(s), "median distance to boundary": float(np.median(d)),
                      "share on the ID side": float((s > log_t).mean()), "median log score": float(np.median(s))})
-    return pd.DataFrame(rows), log_t
+    return pd.DataFrame(rows), log_t, {name: s for name, (s, _) in geometry.items()}
 
-before, log_t_before = boundary_table()
+before, log_t_before, log_scores_before = boundary_table()
 display(before.round(3))
 """),
 ("md", '''
@@ -107,7 +106,7 @@ adapter, _ = train_adapter(base.id_text.shape[1], base.id_train.features, torch.
 tuned, _ = tune_labels(base.neg_text, base.syn.features, base.syn_index)
 neg_after = base.neg_text.clone()
 neg_after[:] = F.normalize(tuned, dim=-1) * base.neg_text.norm(dim=-1, keepdim=True)
-after, log_t_after = boundary_table(adapter, neg_after)
+after, log_t_after, log_scores_after = boundary_table(adapter, neg_after)
 display(after.round(3))
 """),
 ("md", '''
@@ -122,7 +121,7 @@ rng = np.random.default_rng(seed)
 picked = {name: np.sort(rng.choice(len(f), min(n_per_set, len(f)), replace=False)) for name, f in features.items()}
 anchor_rows = torch.unique(base.syn_index)[:40]
 
-def embed(adapter, neg_text, tag):
+def embed(adapter, neg_text, log_scores, tag):
     parts, groups, start = [], {}, 0
     for name, idx in picked.items():
         f = features[name][idx].float()
@@ -135,16 +134,15 @@ def embed(adapter, neg_text, tag):
     points = torch.cat(parts).numpy()
     xy = umap_embedding(points, out / "umap_cache", n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
     image_rows = np.concatenate(list(groups.values()))
-    values = np.concatenate([log_score(features[n][i], base.id_text, neg_text, adapter).detach().numpy()
-                             for n, i in picked.items()])
+    values = np.concatenate([log_scores[n][i] for n, i in picked.items()])
     np.save(out / f"umap_{tag}.npy", xy)
     return xy, groups, anchors, score_field(xy[image_rows], values)
 
 fig, axes = plt.subplots(1, 2, figsize=(15, 6))
-for ax, (tag, adapter_, negs, log_t, title) in zip(axes, [
-        ("before", None, base.neg_text, log_t_before, "zero-shot NegLabel"),
-        ("after", adapter, neg_after, log_t_after, "after fine-tuning (SynOOD)")]):
-    xy, groups, anchors, field = embed(adapter_, negs, tag)
+for ax, (tag, adapter_, negs, scores, log_t, title) in zip(axes, [
+        ("before", None, base.neg_text, log_scores_before, log_t_before, "zero-shot NegLabel"),
+        ("after", adapter, neg_after, log_scores_after, log_t_after, "after fine-tuning (SynOOD)")]):
+    xy, groups, anchors, field = embed(adapter_, negs, scores, tag)
     boundary_map(xy, groups, field, log_t, anchors, title=title, ax=ax)
 fig.tight_layout()
 fig.savefig(out / "umap_boundary.png", dpi=110)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..storage import append_jsonl, atomic_path, atomic_write_json
+from ..storage import append_jsonl, atomic_path, atomic_write_json, weights_only_refusal
 
 __all__ = ["load_checkpoint", "log_step", "save_checkpoint", "set_threads", "trainer_parser"]
 
@@ -71,16 +71,10 @@ def load_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer) -> d
         blob = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{ckpt / 'optimizer.pt'} refused: it holds pickled objects or code, not plain tensors "
-                         f"({_blocked(e)})") from None
+                         f"({weights_only_refusal(e)})") from None
     optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     return json.loads((ckpt / "state.json").read_text())
-
-
-def _blocked(e: Exception) -> str:
-    """Return the line of a ``weights_only`` refusal that names what was blocked."""
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")[:300]
 
 
 def log_step(run_dir: str | Path, record: dict) -> None:
