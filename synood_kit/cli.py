@@ -146,8 +146,9 @@ def _mask_of(record: dict, kind: str):
     return mask
 
 
-def _guidance_scorer(args):
-    """Return ``(scorer, name)`` for ``--scorer``: the official classifier energy or the CLIP's own scores."""
+def _guidance_scorer(args, clip_model, negatives):
+    """Return ``(scorer, name)`` for ``--scorer``: the official classifier energy or the CLIP's own scores.
+    ``clip_model()`` and ``negatives()`` give the command's one CLIP and negative-label list (loaded once)."""
     from .guidance import classifier_scorer, clip_scorer
 
     if args.scorer.startswith("classifier"):
@@ -157,21 +158,14 @@ def _guidance_scorer(args):
         return classifier_scorer(load_classifier(args.classifier, device=args.device), form=form), f"classifier-{form}"
     from .features import text_features
     from .miniworld.benchmark import BENCHMARK_SPEC
-    from .models import load_clip
 
     if args.target == "official":
         raise ValueError("--target official is the classifier's margin -5; use --target boundary with a CLIP scorer")
-    clip = load_clip(args.clip if args.clip != "none" else "miniworld", args.pretrained, device=args.device)
+    clip = clip_model()
     kind = args.scorer.split("-", 1)[1]
     prompt = "a photo of a {}." if kind == "mcm" else "the nice {}"
     id_text = text_features(clip, [prompt.format(c) for c in BENCHMARK_SPEC.id_classes], progress=False)
-    neg_text = None
-    if kind == "neglabel":
-        from .experiments import miniworld_mining_config
-        from .negatives import mine_negative_labels
-
-        labels = mine_negative_labels(clip, list(BENCHMARK_SPEC.id_classes), miniworld_mining_config(), progress=False).labels
-        neg_text = labels.text_features(clip, progress=False)
+    neg_text = negatives().text_features(clip, progress=False) if kind == "neglabel" else None
     return clip_scorer(clip, id_text, kind, neg_text), args.scorer
 
 
@@ -231,7 +225,32 @@ def _cmd_synthesize(args) -> int:
                                                                    "context_answer": a, "mask": args.mask}, mask)
         for r, img, a, mask in zip(chosen, images, answers, masks, strict=True)
     ]
-    scorer, form = _guidance_scorer(args)
+    loaded: dict = {}
+
+    def clip_model():  # the one CLIP of the command: scorer and labeler share it
+        if "clip" not in loaded:
+            from .models import load_clip
+
+            loaded["clip"] = load_clip(args.clip if args.clip != "none" else "miniworld", args.pretrained,
+                                       device=args.device)
+        return loaded["clip"]
+
+    def negatives():  # --negatives, or mined once for the mini-world's ID classes
+        if "negatives" not in loaded:
+            from .negatives import NegativeLabels
+
+            if args.negatives:
+                loaded["negatives"] = NegativeLabels.load(args.negatives)
+            else:
+                from .experiments import miniworld_mining_config
+                from .miniworld.benchmark import BENCHMARK_SPEC
+                from .negatives import mine_negative_labels
+
+                loaded["negatives"] = mine_negative_labels(clip_model(), list(BENCHMARK_SPEC.id_classes),
+                                                           miniworld_mining_config(), progress=False).labels
+        return loaded["negatives"]
+
+    scorer, form = _guidance_scorer(args, clip_model, negatives)
     target = OFFICIAL_MARGIN if args.target == "official" else boundary_target(scorer, images.to(args.device))
     guidance = GuidanceConfig(rounds=args.rounds, step_size=args.step_size, target=target, normalize=args.normalize,
                               official_rounds=args.target == "official")
@@ -240,19 +259,9 @@ def _cmd_synthesize(args) -> int:
     pipe.set_progress_bar_config(disable=True)
     labeler = None
     if args.clip != "none":
-        from .experiments import miniworld_mining_config
-        from .models import load_clip
-        from .negatives import NegativeLabels, mine_negative_labels
         from .synthesis import negative_labeler
 
-        clip = load_clip(args.clip, args.pretrained, device=args.device)
-        if args.negatives:
-            negatives = NegativeLabels.load(args.negatives)
-        else:
-            from .miniworld.benchmark import BENCHMARK_SPEC
-
-            negatives = mine_negative_labels(clip, list(BENCHMARK_SPEC.id_classes), miniworld_mining_config(), progress=False).labels
-        labeler = negative_labeler(clip, negatives, args.out if rank == 0 else None)
+        labeler = negative_labeler(clip_model(), negatives(), args.out if rank == 0 else None)
     t = time.time()
     written = list(synthesize(pipe, sources, scorer, args.out, config, rank=rank, world_size=world, labeler=labeler))
     print(f"rank {rank}/{world}: wrote {len(written)} images to {args.out} in {time.time() - t:.0f} s "
