@@ -227,9 +227,10 @@ def label_steps(
 
 
 def train_adapter(dim: int, *args, seed: int = 0, **kwargs) -> tuple[ResidualAdapter, list[TrainLog]]:
-    """Build a seeded :class:`ResidualAdapter` of width ``dim``, run :func:`adapter_steps` to the end, return both."""
+    """Build a seeded :class:`ResidualAdapter` of width ``dim`` on the device of the ID features (initialised on
+    the CPU, so a seed gives the same start on every device), run :func:`adapter_steps` to the end, return both."""
     torch.manual_seed(seed)
-    adapter = ResidualAdapter(dim)
+    adapter = ResidualAdapter(dim).to(args[0].device if args else kwargs["id_features"].device)
     logs = list(adapter_steps(adapter, *args, **kwargs))
     return adapter, logs
 
@@ -259,7 +260,7 @@ def train_joint(
         ``(adapter, tuned negative rows (K, d) float32, logs)``.
     """
     torch.manual_seed(seed)
-    adapter = ResidualAdapter(id_text.shape[1])
+    adapter = ResidualAdapter(id_text.shape[1]).to(id_features.device)
     rows = torch.nn.Parameter(neg_text.detach().clone().float())
     logs = list(adapter_steps(adapter, id_features, id_labels, syn_features, syn_negative_index, id_text, neg_text,
                               config, tuned_rows=rows))

@@ -171,7 +171,7 @@ def finetune_run_steps(
         if result.is_file() and ckpt is not None and ckpt["stage"] == "done":
             return
         torch.manual_seed(seed)
-        adapter = ResidualAdapter(id_text.shape[1])
+        adapter = ResidualAdapter(id_text.shape[1]).to(id_features.device)  # CPU init: the same start on any device
         rows = torch.nn.Parameter(neg_text.detach().clone().float())
         if ckpt is not None:
             adapter.load_state_dict(ckpt["adapter"])
