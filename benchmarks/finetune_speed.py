@@ -65,11 +65,15 @@ def main() -> None:
     parser.add_argument("--n-neg", type=int, default=10_000)
     args = parser.parse_args()
     seconds = finetune_seconds(args.n, args.dim, args.n_id, args.n_neg)
-    print(f"stages A (3 epochs) + B (5 epochs) on {args.n} features, d={args.dim}, {args.n_id} ID + {args.n_neg} "
-          f"negative labels: {seconds:.1f} s ({torch.get_num_threads()} threads)")
+    print(
+        f"stages A (3 epochs) + B (5 epochs) on {args.n} features, d={args.dim}, {args.n_id} ID + {args.n_neg} "
+        f"negative labels: {seconds:.1f} s ({torch.get_num_threads()} threads)"
+    )
     cold, warm, n = rescoring_speedup()
-    print(f"mini-world benchmark, {n} images: features + scores {cold:.2f} s; from cache {warm:.3f} s; "
-          f"speed-up {cold / warm:.0f}x")
+    print(
+        f"mini-world benchmark, {n} images: features + scores {cold:.2f} s; from cache {warm:.3f} s; "
+        f"speed-up {cold / warm:.0f}x"
+    )
 
 
 if __name__ == "__main__":

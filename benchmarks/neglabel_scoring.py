@@ -57,14 +57,17 @@ def main() -> None:
     neglabel()  # warm-up (allocator, threads)
     t_plain = _best_of(plain, args.repeats)
     t_neg = _best_of(neglabel, args.repeats)
+
     def ungrouped():
         out = neglabel_score(x, id_t, neg_t, n_groups=None)
         sync()
         return out
 
     t_ungrouped = _best_of(ungrouped, args.repeats)
-    print(f"shape: ({args.n} x {args.dim}) @ ({args.dim} x {args.n_id} + {args.n_neg}); device {args.device}; "
-          f"{torch.get_num_threads()} threads; best of {args.repeats}")
+    print(
+        f"shape: ({args.n} x {args.dim}) @ ({args.dim} x {args.n_id} + {args.n_neg}); device {args.device}; "
+        f"{torch.get_num_threads()} threads; best of {args.repeats}"
+    )
     print(f"plain matmul          {t_plain:8.3f} s")
     print(f"NegLabel, {args.groups} groups  {t_neg:8.3f} s   ratio {t_neg / t_plain:.2f}")
     print(f"NegLabel, ungrouped   {t_ungrouped:8.3f} s   ratio {t_ungrouped / t_plain:.2f}")

@@ -33,14 +33,18 @@ def main() -> None:
     pipe = load_inpaint_pipeline(args.pipeline, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     clf = load_classifier("miniworld", device=args.device)
-    scenes = [sample_scene(np.random.default_rng([5150, i]), categories=BENCHMARK_SPEC.id_classes) for i in range(args.n)]
+    scenes = [
+        sample_scene(np.random.default_rng([5150, i]), categories=BENCHMARK_SPEC.id_classes) for i in range(args.n)
+    ]
     images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
     prompts = [f"A photo only remain {', '.join(s.context())}." for s in scenes]
     energy = classifier_scorer(clf)
     recipes = {
         "unguided": (energy, GuidanceConfig(rounds=0)),
-        "official (3 rounds, margin -5)": (classifier_scorer(clf, "official"),
-                                           GuidanceConfig(rounds=3, target=OFFICIAL_MARGIN, official_rounds=True)),
+        "official (3 rounds, margin -5)": (
+            classifier_scorer(clf, "official"),
+            GuidanceConfig(rounds=3, target=OFFICIAL_MARGIN, official_rounds=True),
+        ),
         "kit default (3 updates + final)": (energy, GuidanceConfig(rounds=3, target=boundary_target(energy, images))),
     }
     config = InpaintConfig()
@@ -49,15 +53,24 @@ def main() -> None:
         t = time.perf_counter()
         unet = decodes = 0
         for i in range(0, args.n, args.batch_size):
-            for step in refine_steps(pipe, images[i : i + args.batch_size], prompts[i : i + args.batch_size], scorer,
-                                     guidance, config, generator=torch.Generator().manual_seed(i)):
+            for step in refine_steps(
+                pipe,
+                images[i : i + args.batch_size],
+                prompts[i : i + args.batch_size],
+                scorer,
+                guidance,
+                config,
+                generator=torch.Generator().manual_seed(i),
+            ):
                 unet += step.unet_evals * len(step.image)
                 decodes += step.vae_decodes * len(step.image)
         results[name] = ((time.perf_counter() - t) / args.n, unet / args.n, decodes / args.n)
     base = results["unguided"][0]
     print(f"{args.n} images, batch {args.batch_size}, device {args.device}, {torch.get_num_threads()} threads")
     for name, (sec, unet, dec) in results.items():
-        print(f"{name:34s} {sec:7.3f} s/image  ratio {sec / base:5.2f}  UNet evals/image {unet:5.0f}  decodes/image {dec:.0f}")
+        print(
+            f"{name:34s} {sec:7.3f} s/image  ratio {sec / base:5.2f}  UNet evals/image {unet:5.0f}  decodes/image {dec:.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -104,26 +104,39 @@ def run_ablations(out_dir: str | Path, run: AblationRun, progress: bool = True) 
     first = next(iter(inputs.values()))
     for name, inp in inputs.items():
         if inp.negatives.words != first.negatives.words:
-            raise ValueError(f"synthetic set {name!r} was labelled with a different negative-label list than "
-                             f"{run.synthetic[0][0]!r}; synthesise all sets with the same --clip and --negatives")
+            raise ValueError(
+                f"synthetic set {name!r} was labelled with a different negative-label list than "
+                f"{run.synthetic[0][0]!r}; synthesise all sets with the same --clip and --negatives"
+            )
     id_feats, id_labels = first.id_train.features, torch.as_tensor(first.id_train.labels)
     adapter_config = AdapterConfig(epochs=run.adapter_epochs)
     label_config = LabelTuneConfig(epochs=run.label_epochs)
     scores = {}
-    synthetic_sets = {name: {"folder": str(folder), "n_synthetic": len(inputs[name].syn), "distinct_labels": {}}
-                      for name, folder in run.synthetic}
+    synthetic_sets = {
+        name: {"folder": str(folder), "n_synthetic": len(inputs[name].syn), "distinct_labels": {}}
+        for name, folder in run.synthetic
+    }
 
     def score(key, **kw):
-        scores[key] = {s: synood_score(f.features, first.id_text, negs, **kw).double().numpy()
-                       for s, f in first.sets.items()}
+        scores[key] = {
+            s: synood_score(f.features, first.id_text, negs, **kw).double().numpy() for s, f in first.sets.items()
+        }
 
     for k in run.n_negatives:
         rows = _subset(first.neg_text, first.negatives.percentile_similarity, k)
         negs = first.neg_text[rows]
         k_name = len(rows)
         score(("none", "zero-shot", k_name))
-        control, _ = train_adapter(negs.shape[1], id_feats, id_labels, first.syn.features[:0],
-                                   first.syn_index[:0], first.id_text, negs, config=adapter_config)
+        control, _ = train_adapter(
+            negs.shape[1],
+            id_feats,
+            id_labels,
+            first.syn.features[:0],
+            first.syn_index[:0],
+            first.id_text,
+            negs,
+            config=adapter_config,
+        )
         score(("none", "control: adapter on ID only", k_name), adapter=control)
         for name, inp in inputs.items():
             if k_name == len(first.neg_text):
@@ -134,8 +147,9 @@ def run_ablations(out_dir: str | Path, run: AblationRun, progress: bool = True) 
             synthetic_sets[name]["distinct_labels"][k_name] = int(torch.unique(index).numel())
             adapter = tuned = None
             if {"adapter", "adapter + labels"} & set(run.trainings):
-                adapter, _ = train_adapter(negs.shape[1], id_feats, id_labels, syn_feats, index, first.id_text, negs,
-                                           config=adapter_config)
+                adapter, _ = train_adapter(
+                    negs.shape[1], id_feats, id_labels, syn_feats, index, first.id_text, negs, config=adapter_config
+                )
             if {"labels", "adapter + labels"} & set(run.trainings):
                 tuned, _ = tune_labels(negs, syn_feats, index, label_config)
             if "adapter" in run.trainings:
@@ -145,22 +159,27 @@ def run_ablations(out_dir: str | Path, run: AblationRun, progress: bool = True) 
             if "adapter + labels" in run.trainings:
                 score((name, "adapter + labels", k_name), adapter=adapter, tuned_neg_text=tuned)
             if "joint" in run.trainings:
-                j_adapter, j_rows, _ = train_joint(id_feats, id_labels, syn_feats, index, first.id_text, negs,
-                                                   config=adapter_config)
+                j_adapter, j_rows, _ = train_joint(
+                    id_feats, id_labels, syn_feats, index, first.id_text, negs, config=adapter_config
+                )
                 score((name, "joint", k_name), adapter=j_adapter, tuned_neg_text=j_rows)
-    table = ood_table({" / ".join(map(str, key)): v for key, v in scores.items()}, "id_test", list(OOD_SPLITS),
-                      n_boot=run.n_boot)
+    table = ood_table(
+        {" / ".join(map(str, key)): v for key, v in scores.items()}, "id_test", list(OOD_SPLITS), n_boot=run.n_boot
+    )
     parts = table["method"].str.split(" / ", regex=False)
     table.insert(1, "synthetic", parts.str[0])
     table.insert(2, "training", parts.str[1])
     table.insert(3, "n_negatives", parts.str[2].astype(int))
     table.to_csv(out / "ablations.csv", index=False)
     atomic_write_text(out / "ablations.md", format_markdown(table))
-    atomic_write_json(out / "metrics.json", {
-        "stage": "ablations",
-        "run": json.loads(json.dumps(asdict(run), default=str)),
-        "synthetic_sets": synthetic_sets,
-        "table": table.to_dict(orient="records"),
-        "seconds": round(time.time() - t0, 1),
-    })
+    atomic_write_json(
+        out / "metrics.json",
+        {
+            "stage": "ablations",
+            "run": json.loads(json.dumps(asdict(run), default=str)),
+            "synthetic_sets": synthetic_sets,
+            "table": table.to_dict(orient="records"),
+            "seconds": round(time.time() - t0, 1),
+        },
+    )
     return {"table": table}

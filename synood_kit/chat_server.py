@@ -65,14 +65,19 @@ def serve_chat_completions(backend, host: str = "127.0.0.1", port: int = 0, mode
                 return self._send(400, {"error": {"message": f"bad request: {e}"}})
             with lock:
                 answer = backend.ask(image[None], text)[0]
-            self._send(200, {
-                "id": f"chatcmpl-{time.time_ns()}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", model_name),
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            })
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{time.time_ns()}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", model_name),
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}
+                    ],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                },
+            )
 
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

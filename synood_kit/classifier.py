@@ -112,7 +112,8 @@ def save_classifier_folder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {
-        k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in model.state_dict().items()
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
     }
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp))
@@ -121,7 +122,9 @@ def save_classifier_folder(
     return folder
 
 
-def load_classifier(source: str = "miniworld", weights: str | None = None, device: str | torch.device = "cpu") -> ClassifierModel:
+def load_classifier(
+    source: str = "miniworld", weights: str | None = None, device: str | torch.device = "cpu"
+) -> ClassifierModel:
     """Load an ID classifier.
 
     Args:
@@ -161,8 +164,9 @@ def load_classifier(source: str = "miniworld", weights: str | None = None, devic
             state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
             model.load_state_dict(state)
         except Exception as e:  # SafetensorError (not an OSError) or RuntimeError on other shapes
-            raise ValueError(f"{weights_path} does not fit the architecture in {cfg_path} ({type(e).__name__}: "
-                             f"{str(e)[:500]})") from None
+            raise ValueError(
+                f"{weights_path} does not fit the architecture in {cfg_path} ({type(e).__name__}: {str(e)[:500]})"
+            ) from None
         n_out = getattr(getattr(model, "fc", None), "out_features", len(cfg["class_names"]))
         if n_out != len(cfg["class_names"]):
             raise ValueError(f"{cfg_path} names {len(cfg['class_names'])} classes but the model has {n_out} outputs")
@@ -187,7 +191,9 @@ def _load_torchvision(arch: str, weights: str | None, device) -> ClassifierModel
     if arch not in torchvision.models.list_models():
         raise ValueError(f"{arch!r} is neither a classifier folder nor a torchvision model name")
     if weights is None:
-        raise ValueError(f"torchvision model {arch!r} needs weights=<enum name, e.g. 'IMAGENET1K_V2'>; refusing random weights")
+        raise ValueError(
+            f"torchvision model {arch!r} needs weights=<enum name, e.g. 'IMAGENET1K_V2'>; refusing random weights"
+        )
     try:
         enum = torchvision.models.get_model_weights(arch)[weights]
     except KeyError:

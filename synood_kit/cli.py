@@ -1,12 +1,12 @@
 """The ``synood`` command line: the same runs the notebooks make, headless.
 
-    synood demo --out outputs/demo            # the main job on the offline default (mini-world)
-    synood world build [--root DIR]           # render the mini-world benchmark
-    synood mine --out negatives.json          # NegLabel negative labels (WordNet 3.0 [+ world vocabulary])
-    synood evaluate --out DIR                 # zero-shot baselines per OOD split, both FPR95 conventions
-    synood synthesize --out DIR               # near-boundary OOD synthesis (resumable, shardable)
-    synood finetune --synthetic DIR --out DIR # stages A and B, SynOOD vs NegLabel and the ID-only control
-    synood ablate --synthetic NAME=DIR ... --out DIR   # the ablation grid as one tidy table
+synood demo --out outputs/demo            # the main job on the offline default (mini-world)
+synood world build [--root DIR]           # render the mini-world benchmark
+synood mine --out negatives.json          # NegLabel negative labels (WordNet 3.0 [+ world vocabulary])
+synood evaluate --out DIR                 # zero-shot baselines per OOD split, both FPR95 conventions
+synood synthesize --out DIR               # near-boundary OOD synthesis (resumable, shardable)
+synood finetune --synthetic DIR --out DIR # stages A and B, SynOOD vs NegLabel and the ID-only control
+synood ablate --synthetic NAME=DIR ... --out DIR   # the ablation grid as one tidy table
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def _cmd_mine(args) -> int:
     else:
         path = Path(args.id_classes)
         if not path.is_file():
-            raise FileNotFoundError(f"--id-classes {args.id_classes!r} is neither 'imagenet', 'miniworld' nor a file of names")
+            raise FileNotFoundError(
+                f"--id-classes {args.id_classes!r} is neither 'imagenet', 'miniworld' nor a file of names"
+            )
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     extra = ()
     if args.world_vocabulary:
@@ -86,10 +88,19 @@ def _cmd_evaluate_folders(args) -> int:
     from .experiments import EvaluationRun, run_evaluation
 
     run = EvaluationRun(
-        id_source=args.id, ood_sources=tuple(_pairs(args.ood, "--ood", "NAME=PATH")), class_names=args.class_names, data_root=args.data_root,
-        clip=args.clip, pretrained=args.pretrained, negatives=args.negatives, finetune=args.finetune,
+        id_source=args.id,
+        ood_sources=tuple(_pairs(args.ood, "--ood", "NAME=PATH")),
+        class_names=args.class_names,
+        data_root=args.data_root,
+        clip=args.clip,
+        pretrained=args.pretrained,
+        negatives=args.negatives,
+        finetune=args.finetune,
         classifier=None if args.classifier in (None, "none") else args.classifier,
-        classifier_weights=args.classifier_weights, ledger_benchmark=args.ledger, n_boot=args.n_boot, device=args.device,
+        classifier_weights=args.classifier_weights,
+        ledger_benchmark=args.ledger,
+        n_boot=args.n_boot,
+        device=args.device,
     )
     result = run_evaluation(args.out, run)
     print((Path(args.out) / "evaluation.md").read_text())
@@ -116,8 +127,10 @@ def _cmd_evaluate(args) -> int:
     result = run_zero_shot(args.out, run)
     print((result.out_dir / "zero_shot.md").read_text())
     acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.accuracy.items())
-    print(f"ID top-1: {acc}\nFPR95_IDpos: FPR on OOD at 95% TPR on ID (MCM/NegLabel papers); "
-          f"FPR95_OODpos: FPR on ID at 95% TPR on OOD (OpenOOD).")
+    print(
+        f"ID top-1: {acc}\nFPR95_IDpos: FPR on OOD at 95% TPR on ID (MCM/NegLabel papers); "
+        f"FPR95_OODpos: FPR on ID at 95% TPR on OOD (OpenOOD)."
+    )
     print(f"wrote {result.out_dir} in {time.time() - t:.0f} s")
     return 0
 
@@ -221,8 +234,13 @@ def _cmd_synthesize(args) -> int:
     inpaint = InpaintConfig(num_inference_steps=args.steps, strength=args.strength, guidance_scale=args.cfg)
     masks = [_mask_of(r, args.mask) for r in chosen]
     sources = [
-        SynthesisSource(r["id"], img, context_prompt(a, inpaint), {"class_name": r["class_name"], "label": r["label"],
-                                                                   "context_answer": a, "mask": args.mask}, mask)
+        SynthesisSource(
+            r["id"],
+            img,
+            context_prompt(a, inpaint),
+            {"class_name": r["class_name"], "label": r["label"], "context_answer": a, "mask": args.mask},
+            mask,
+        )
         for r, img, a, mask in zip(chosen, images, answers, masks, strict=True)
     ]
     loaded: dict = {}
@@ -231,8 +249,9 @@ def _cmd_synthesize(args) -> int:
         if "clip" not in loaded:
             from .models import load_clip
 
-            loaded["clip"] = load_clip(args.clip if args.clip != "none" else "miniworld", args.pretrained,
-                                       device=args.device)
+            loaded["clip"] = load_clip(
+                args.clip if args.clip != "none" else "miniworld", args.pretrained, device=args.device
+            )
         return loaded["clip"]
 
     def negatives():  # --negatives, or mined once for the mini-world's ID classes
@@ -246,15 +265,23 @@ def _cmd_synthesize(args) -> int:
                 from .miniworld.benchmark import BENCHMARK_SPEC
                 from .negatives import mine_negative_labels
 
-                loaded["negatives"] = mine_negative_labels(clip_model(), list(BENCHMARK_SPEC.id_classes),
-                                                           miniworld_mining_config(), progress=False).labels
+                loaded["negatives"] = mine_negative_labels(
+                    clip_model(), list(BENCHMARK_SPEC.id_classes), miniworld_mining_config(), progress=False
+                ).labels
         return loaded["negatives"]
 
     scorer, form = _guidance_scorer(args, clip_model, negatives)
     target = OFFICIAL_MARGIN if args.target == "official" else boundary_target(scorer, images.to(args.device))
-    guidance = GuidanceConfig(rounds=args.rounds, step_size=args.step_size, target=target, normalize=args.normalize,
-                              official_rounds=args.target == "official")
-    config = SynthesisConfig(inpaint=inpaint, guidance=guidance, scorer=form, seed=args.seed, batch_size=args.batch_size)
+    guidance = GuidanceConfig(
+        rounds=args.rounds,
+        step_size=args.step_size,
+        target=target,
+        normalize=args.normalize,
+        official_rounds=args.target == "official",
+    )
+    config = SynthesisConfig(
+        inpaint=inpaint, guidance=guidance, scorer=form, seed=args.seed, batch_size=args.batch_size
+    )
     pipe = load_inpaint_pipeline(args.pipeline, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     labeler = None
@@ -264,22 +291,33 @@ def _cmd_synthesize(args) -> int:
         labeler = negative_labeler(clip_model(), negatives(), args.out if rank == 0 else None)
     t = time.time()
     written = list(synthesize(pipe, sources, scorer, args.out, config, rank=rank, world_size=world, labeler=labeler))
-    print(f"rank {rank}/{world}: wrote {len(written)} images to {args.out} in {time.time() - t:.0f} s "
-          f"(target {target:.3f}, {len(sources)} sources in the run)")
+    print(
+        f"rank {rank}/{world}: wrote {len(written)} images to {args.out} in {time.time() - t:.0f} s "
+        f"(target {target:.3f}, {len(sources)} sources in the run)"
+    )
     return 0
 
 
 def _cmd_finetune(args) -> int:
     from .experiments import SynoodRun, run_synood
 
-    run = SynoodRun(synthetic=args.synthetic, clip=args.clip, pretrained=args.pretrained, benchmark_root=args.benchmark,
-                    adapter_epochs=args.adapter_epochs, label_epochs=args.label_epochs, n_boot=args.n_boot,
-                    device=args.device)
+    run = SynoodRun(
+        synthetic=args.synthetic,
+        clip=args.clip,
+        pretrained=args.pretrained,
+        benchmark_root=args.benchmark,
+        adapter_epochs=args.adapter_epochs,
+        label_epochs=args.label_epochs,
+        n_boot=args.n_boot,
+        device=args.device,
+    )
     t = time.time()
     result = run_synood(args.out, run)
     print((Path(args.out) / "synood.md").read_text())
-    print(f"wrote {args.out} in {time.time() - t:.0f} s ({len(result['logs']['adapter'])} adapter steps, "
-          f"{len(result['logs']['labels'])} label steps)")
+    print(
+        f"wrote {args.out} in {time.time() - t:.0f} s ({len(result['logs']['adapter'])} adapter steps, "
+        f"{len(result['logs']['labels'])} label steps)"
+    )
     return 0
 
 
@@ -290,12 +328,22 @@ def _cmd_ablate(args) -> int:
     counts = []
     for k in args.n_negatives.split(","):
         if k.strip() != "all" and not k.strip().isdigit():
-            raise ValueError(f"--n-negatives expects a comma-separated list of counts or 'all', got {args.n_negatives!r}")
+            raise ValueError(
+                f"--n-negatives expects a comma-separated list of counts or 'all', got {args.n_negatives!r}"
+            )
         counts.append(None if k.strip() == "all" else int(k))
-    run = AblationRun(synthetic=tuple(synthetic), n_negatives=tuple(counts),
-                      trainings=tuple(t.strip() for t in args.trainings.split(",")), clip=args.clip,
-                      pretrained=args.pretrained, benchmark_root=args.benchmark, adapter_epochs=args.adapter_epochs,
-                      label_epochs=args.label_epochs, n_boot=args.n_boot, device=args.device)
+    run = AblationRun(
+        synthetic=tuple(synthetic),
+        n_negatives=tuple(counts),
+        trainings=tuple(t.strip() for t in args.trainings.split(",")),
+        clip=args.clip,
+        pretrained=args.pretrained,
+        benchmark_root=args.benchmark,
+        adapter_epochs=args.adapter_epochs,
+        label_epochs=args.label_epochs,
+        n_boot=args.n_boot,
+        device=args.device,
+    )
     t = time.time()
     run_ablations(args.out, run)
     print((Path(args.out) / "ablations.md").read_text())
@@ -350,13 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--per-class", type=int, default=4, help="source images per class")
     syn.add_argument("--context", default="truth", choices=("truth", "mllm"), help="prompt context source")
     syn.add_argument("--mllm", default="miniworld", help="MLLM folder, hub id or 'miniworld' (with --context mllm)")
-    syn.add_argument("--target", default="boundary", choices=("boundary", "official"),
-                     help="boundary: the ID 5%% quantile of the energy score (reachable); official: margin -5")
-    syn.add_argument("--scorer", default="classifier-energy",
-                     choices=("classifier-energy", "clip-mcm", "clip-energy", "clip-neglabel"),
-                     help="guidance scorer: the official classifier energy, or the CLIP's own score")
-    syn.add_argument("--mask", default="full", choices=("full", "box", "subject"),
-                     help="full: the official full-image mask; box / subject: the source's subject box or silhouette")
+    syn.add_argument(
+        "--target",
+        default="boundary",
+        choices=("boundary", "official"),
+        help="boundary: the ID 5%% quantile of the energy score (reachable); official: margin -5",
+    )
+    syn.add_argument(
+        "--scorer",
+        default="classifier-energy",
+        choices=("classifier-energy", "clip-mcm", "clip-energy", "clip-neglabel"),
+        help="guidance scorer: the official classifier energy, or the CLIP's own score",
+    )
+    syn.add_argument(
+        "--mask",
+        default="full",
+        choices=("full", "box", "subject"),
+        help="full: the official full-image mask; box / subject: the source's subject box or silhouette",
+    )
     syn.add_argument("--rounds", type=int, default=3, help="noise updates")
     syn.add_argument("--step-size", type=float, default=10.0, help="lr on the initial noise")
     syn.add_argument("--normalize", default="none", choices=("none", "unit", "clip"), help="gradient normalisation")
@@ -383,11 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     abl = sub.add_parser("ablate", help="the fine-tuning ablation grid (with the ID-only control) as one table")
     _add_model_args(abl)
-    abl.add_argument("--synthetic", action="append", required=True,
-                     help="NAME=FOLDER of a `synood synthesize` output (repeat: guided, unguided, CLIP scorer...)")
+    abl.add_argument(
+        "--synthetic",
+        action="append",
+        required=True,
+        help="NAME=FOLDER of a `synood synthesize` output (repeat: guided, unguided, CLIP scorer...)",
+    )
     abl.add_argument("--n-negatives", default="all", help="comma-separated numbers of negatives kept, or 'all'")
-    abl.add_argument("--trainings", default="adapter,labels,adapter + labels,joint",
-                     help="comma-separated: adapter, labels, adapter + labels, joint")
+    abl.add_argument(
+        "--trainings",
+        default="adapter,labels,adapter + labels,joint",
+        help="comma-separated: adapter, labels, adapter + labels, joint",
+    )
     abl.add_argument("--benchmark", default=None, help="built benchmark folder (default: the cache location)")
     abl.add_argument("--adapter-epochs", type=int, default=3)
     abl.add_argument("--label-epochs", type=int, default=5)
@@ -398,14 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: run every notebook with papermill and render an HTML report")
     demo.add_argument("--out", default="outputs/demo", help="output folder (index.html is the summary page)")
     demo.add_argument("--only", default="", help="comma-separated notebook names or NN prefixes (default: all)")
-    demo.add_argument("--param", action="append", default=[],
-                      help="KEY=VALUE papermill parameter for every notebook that declares it (repeat)")
+    demo.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        help="KEY=VALUE papermill parameter for every notebook that declares it (repeat)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="OOD evaluation: the mini-world benchmark, or any ID/OOD folders and lists")
     _add_model_args(p)
-    p.add_argument("--classifier", default=None,
-                   help="classifier folder, torchvision name, or 'none' (mini-world default: 'miniworld')")
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="classifier folder, torchvision name, or 'none' (mini-world default: 'miniworld')",
+    )
     p.add_argument("--benchmark", default=None, help="built benchmark folder (default: build in the cache)")
     p.add_argument("--negatives", default=None, help="saved negative labels (default: mine, cached)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals (0: none)")
@@ -416,8 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="root of the paths in image-list files")
     p.add_argument("--finetune", default=None, help="SynOOD checkpoint (adds the SynOOD score)")
     p.add_argument("--classifier-weights", default=None, help="torchvision weights name (IMAGENET1K_V2)")
-    p.add_argument("--ledger", default=None, help="reported-numbers benchmark to print beside, e.g. "
-                                                  "'ImageNet-1k (MOS)'")
+    p.add_argument(
+        "--ledger", default=None, help="reported-numbers benchmark to print beside, e.g. 'ImageNet-1k (MOS)'"
+    )
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

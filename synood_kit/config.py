@@ -53,13 +53,22 @@ class CorpusConfig:
         if self.lemmas not in ("first", "all"):
             raise ValueError(f"CorpusConfig.lemmas must be 'first' or 'all', got {self.lemmas!r}")
         if not self.parts_of_speech or not set(self.parts_of_speech) <= {"noun", "adj"}:
-            raise ValueError(f"CorpusConfig.parts_of_speech must be a non-empty subset of ('noun', 'adj'), got "
-                             f"{self.parts_of_speech!r}")
+            raise ValueError(
+                f"CorpusConfig.parts_of_speech must be a non-empty subset of ('noun', 'adj'), got "
+                f"{self.parts_of_speech!r}"
+            )
         if not all(isinstance(x, str) for x in self.exclude_lexnames):
-            raise ValueError(f"CorpusConfig.exclude_lexnames must be strings such as 'noun.animal', got {self.exclude_lexnames!r}")
+            raise ValueError(
+                f"CorpusConfig.exclude_lexnames must be strings such as 'noun.animal', got {self.exclude_lexnames!r}"
+            )
         for pair in self.extra_words:
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str) and pair[0].strip()
-                    and pair[1] in ("noun", "adj")):
+            if not (
+                isinstance(pair, (tuple, list))
+                and len(pair) == 2
+                and isinstance(pair[0], str)
+                and pair[0].strip()
+                and pair[1] in ("noun", "adj")
+            ):
                 raise ValueError(f"CorpusConfig.extra_words: extra word {pair!r} is not a (word, 'noun' or 'adj') pair")
 
 
@@ -97,10 +106,13 @@ class NegLabelConfig:
     id_prompt: str = "the nice {}"  # prompt of the ID labels at scoring time
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+        if not (
+            isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0
+        ):
             raise ValueError(f"NegLabelConfig.temperature must be a finite number > 0, got {self.temperature!r}")
-        if self.n_groups is not None and (isinstance(self.n_groups, bool) or not isinstance(self.n_groups, int)
-                                          or self.n_groups < 1):
+        if self.n_groups is not None and (
+            isinstance(self.n_groups, bool) or not isinstance(self.n_groups, int) or self.n_groups < 1
+        ):
             raise ValueError(f"NegLabelConfig.n_groups must be None or an integer >= 1, got {self.n_groups!r}")
         if not isinstance(self.id_prompt, str) or self.id_prompt.count("{}") != 1:
             raise ValueError(f"NegLabelConfig.id_prompt must contain exactly one '{{}}', got {self.id_prompt!r}")

@@ -148,7 +148,7 @@ class ImageSet:
                 stamp = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 stamp = "missing"
-            rel = path[len(root):] if path.startswith(root) else path
+            rel = path[len(root) :] if path.startswith(root) else path
             lines.append(f"{it.id}\t{rel}\t{it.label}\t{stamp}\n")
         digest.update("".join(lines).encode())
         return digest.hexdigest()[:16]
@@ -297,5 +297,7 @@ def _checked_label(value) -> int:
         raise ValueError(f"label {value!r} is not an integer")
     label = int(value)
     if not -1 <= label <= MAX_LABEL:
-        raise ValueError(f"label {label} is out of range: expected -1 (OOD / unlabelled) or a class index in [0, {MAX_LABEL}]")
+        raise ValueError(
+            f"label {label} is out of range: expected -1 (OOD / unlabelled) or a class index in [0, {MAX_LABEL}]"
+        )
     return label

@@ -78,7 +78,9 @@ def clip_scores(
     return out
 
 
-def classifier_scores(logits: dict[str, torch.Tensor], config: ZeroShotConfig | None = None) -> dict[str, dict[str, np.ndarray]]:
+def classifier_scores(
+    logits: dict[str, torch.Tensor], config: ZeroShotConfig | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Return a classifier's post-hoc scores: ``{"MSP": {split: scores}, "Energy": {split: scores}}``.
 
     Args:
@@ -109,7 +111,10 @@ def zero_shot_accuracy(features: torch.Tensor, labels, class_text_features: torc
     labels = torch.as_tensor(np.asarray(labels))
     if len(labels) != len(features) or len(labels) == 0:
         raise ValueError(f"need one label per feature row, got {len(labels)} labels for {len(features)} rows")
-    sims = torch.nn.functional.normalize(features.float(), dim=-1) @ torch.nn.functional.normalize(class_text_features.float(), dim=-1).T
+    sims = (
+        torch.nn.functional.normalize(features.float(), dim=-1)
+        @ torch.nn.functional.normalize(class_text_features.float(), dim=-1).T
+    )
     return float((sims.argmax(dim=1) == labels).float().mean())
 
 

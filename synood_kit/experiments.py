@@ -126,7 +126,9 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
         clf = load_classifier(run.classifier, device=run.device)
         logits = {s: classifier_logits(clf, sets[s], progress=progress) for s in splits}
         scores.update(classifier_scores({s: lg.features for s, lg in logits.items()}, run.scores))
-        accuracy["classifier"] = float((logits["id_test"].features.argmax(1).numpy() == logits["id_test"].labels).mean())
+        accuracy["classifier"] = float(
+            (logits["id_test"].features.argmax(1).numpy() == logits["id_test"].labels).mean()
+        )
     table = ood_table(scores, "id_test", list(OOD_SPLITS), n_boot=run.n_boot)
     seconds["scoring"] = time.time() - t
 
@@ -191,7 +193,9 @@ def finetune_inputs(synthetic: str | Path, clip, root: Path, progress: bool = Tr
     if not records:
         raise FileNotFoundError(f"no synthesis records in {syn_dir}: run `synood synthesize --out {syn_dir}` first")
     if not (syn_dir / "negatives.json").is_file():
-        raise FileNotFoundError(f"{syn_dir} has no negatives.json: synthesise with a --clip that assigns negative labels")
+        raise FileNotFoundError(
+            f"{syn_dir} has no negatives.json: synthesise with a --clip that assigns negative labels"
+        )
     negatives = NegativeLabels.load(syn_dir / "negatives.json")
     id_train = image_features(clip, split_image_set(root, "id_train"), progress=progress)
     syn_set = ImageSet.from_folder(syn_dir / "images", name=f"synthetic-{syn_dir.name}", labelled=False)
@@ -201,7 +205,9 @@ def finetune_inputs(synthetic: str | Path, clip, root: Path, progress: bool = Tr
     image_sets = {s: split_image_set(root, s) for s in ["id_test", *OOD_SPLITS]}
     sets = {s: image_features(clip, v, progress=progress) for s, v in image_sets.items()}
     id_text = text_features(clip, [f"the nice {c}" for c in image_sets["id_test"].class_names], progress=False)
-    return FinetuneInputs(negatives, id_train, syn, syn_index, sets, id_text, negatives.text_features(clip, progress=False))
+    return FinetuneInputs(
+        negatives, id_train, syn, syn_index, sets, id_text, negatives.text_features(clip, progress=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -251,16 +257,31 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
 
     t = time.time()
     # stages A and B, resumable: a checkpoint after every epoch in out_dir (synood_kit.finetune_run)
-    ft = run_finetune(out, list(negatives.words), id_train.features, torch.as_tensor(id_train.labels), syn.features,
-                      syn_index, id_text, neg_text, AdapterConfig(epochs=run.adapter_epochs),
-                      LabelTuneConfig(epochs=run.label_epochs))
+    ft = run_finetune(
+        out,
+        list(negatives.words),
+        id_train.features,
+        torch.as_tensor(id_train.labels),
+        syn.features,
+        syn_index,
+        id_text,
+        neg_text,
+        AdapterConfig(epochs=run.adapter_epochs),
+        LabelTuneConfig(epochs=run.label_epochs),
+    )
     adapter, tuned = ft["adapter"], ft["tuned_neg_text"]
     logs_a = [log for log in ft["logs"] if log.stage == "adapter"]
     logs_b = [log for log in ft["logs"] if log.stage == "labels"]
     # control: the same adapter trained on the ID images alone, so the synthetic images' share is visible
     id_only, _ = train_adapter(
-        id_text.shape[1], id_train.features, torch.as_tensor(id_train.labels), syn.features[:0], syn_index[:0],
-        id_text, neg_text, config=AdapterConfig(epochs=run.adapter_epochs),
+        id_text.shape[1],
+        id_train.features,
+        torch.as_tensor(id_train.labels),
+        syn.features[:0],
+        syn_index[:0],
+        id_text,
+        neg_text,
+        config=AdapterConfig(epochs=run.adapter_epochs),
     )
     seconds["finetune"] = time.time() - t
     variants = {
@@ -277,18 +298,21 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
     table = ood_table(scores, "id_test", list(OOD_SPLITS), n_boot=run.n_boot)
     table.to_csv(out / "synood.csv", index=False)
     atomic_write_text(out / "synood.md", format_markdown(table))
-    atomic_write_json(out / "metrics.json", {
-        "stage": "synood",
-        "run": json.loads(json.dumps(asdict(run), default=str)),
-        "clip_fingerprint": clip.fingerprint,
-        "n_synthetic": len(syn),
-        "n_negatives": len(negatives),
-        "distinct_negative_labels_assigned": int(torch.unique(syn_index).numel()),
-        "adapter_final_loss": logs_a[-1].loss,
-        "labels_final_loss": logs_b[-1].loss,
-        "table": table.to_dict(orient="records"),
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-    })
+    atomic_write_json(
+        out / "metrics.json",
+        {
+            "stage": "synood",
+            "run": json.loads(json.dumps(asdict(run), default=str)),
+            "clip_fingerprint": clip.fingerprint,
+            "n_synthetic": len(syn),
+            "n_negatives": len(negatives),
+            "distinct_negative_labels_assigned": int(torch.unique(syn_index).numel()),
+            "adapter_final_loss": logs_a[-1].loss,
+            "labels_final_loss": logs_b[-1].loss,
+            "table": table.to_dict(orient="records"),
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        },
+    )
     return {"table": table, "scores": scores, "logs": {"adapter": logs_a, "labels": logs_b}}
 
 
@@ -358,13 +382,19 @@ def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = Tru
         id_text = text_features(clip, [f"the nice {c}" for c in names], progress=False)
         ft = load_finetune(run.finetune, list(negatives.words), dim=id_text.shape[1])
         neg_text = negatives.text_features(clip, progress=False)
-        scores["SynOOD"] = {s: synood_score(f, id_text, neg_text, ft["adapter"], ft["tuned_neg_text"], ft["tuned_index"])
-                            .double().numpy() for s, f in feats.items()}
+        scores["SynOOD"] = {
+            s: synood_score(f, id_text, neg_text, ft["adapter"], ft["tuned_neg_text"], ft["tuned_index"])
+            .double()
+            .numpy()
+            for s, f in feats.items()
+        }
     if run.classifier:
         from .classifier import classifier_logits, load_classifier
 
         clf = load_classifier(run.classifier, weights=run.classifier_weights, device=run.device)
-        scores.update(classifier_scores({s: classifier_logits(clf, v, progress=progress).features for s, v in sets.items()}))
+        scores.update(
+            classifier_scores({s: classifier_logits(clf, v, progress=progress).features for s, v in sets.items()})
+        )
     table = ood_table(scores, "id", [n for n, _ in run.ood_sources], n_boot=run.n_boot)
     table.to_csv(out / "evaluation.csv", index=False)
     atomic_write_text(out / "evaluation.md", format_markdown(table))
@@ -375,11 +405,14 @@ def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = Tru
         book = ledger(table, run.ledger_benchmark)
         book.to_csv(out / "ledger.csv", index=False)
         result["ledger"] = book
-    atomic_write_json(out / "metrics.json", {
-        "stage": "evaluation",
-        "run": json.loads(json.dumps(asdict(run), default=str)),
-        "n": {s: len(v) for s, v in sets.items()},
-        "table": table.to_dict(orient="records"),
-        "fpr_convention": table.attrs.get("fpr_convention", ""),
-    })
+    atomic_write_json(
+        out / "metrics.json",
+        {
+            "stage": "evaluation",
+            "run": json.loads(json.dumps(asdict(run), default=str)),
+            "n": {s: len(v) for s, v in sets.items()},
+            "table": table.to_dict(orient="records"),
+            "fpr_convention": table.attrs.get("fpr_convention", ""),
+        },
+    )
     return result

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 __all__ = ["boundary_distance", "boundary_geometry", "log_score", "score_field", "umap_embedding"]
 
 
-def log_score(features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Tensor, adapter=None,
-              **neglabel_kw) -> torch.Tensor:
+def log_score(
+    features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Tensor, adapter=None, **neglabel_kw
+) -> torch.Tensor:
     """Return ``log`` of the NegLabel score of ``features`` (after ``adapter`` when given), differentiable."""
     from .scores import neglabel_score
 
@@ -29,8 +30,14 @@ def log_score(features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Ten
     return torch.log(neglabel_score(feats, id_text, neg_text, **neglabel_kw).clamp_min(1e-30))
 
 
-def boundary_geometry(features: torch.Tensor, id_text: torch.Tensor, neg_text: torch.Tensor, adapter=None,
-                      batch_size: int = 1024, **neglabel_kw) -> tuple[np.ndarray, np.ndarray]:
+def boundary_geometry(
+    features: torch.Tensor,
+    id_text: torch.Tensor,
+    neg_text: torch.Tensor,
+    adapter=None,
+    batch_size: int = 1024,
+    **neglabel_kw,
+) -> tuple[np.ndarray, np.ndarray]:
     """Return each feature's log-score and the slope of the log-score on the unit sphere, from one gradient pass.
 
     Args:
@@ -65,8 +72,14 @@ def boundary_distance(log_scores: np.ndarray, slopes: np.ndarray, log_threshold:
     return np.abs(log_scores - log_threshold) / np.maximum(slopes, 1e-12)
 
 
-def umap_embedding(points: np.ndarray, cache_dir: str | Path | None = None, n_neighbors: int = 15,
-                   min_dist: float = 0.1, metric: str = "cosine", seed: int = 0) -> np.ndarray:
+def umap_embedding(
+    points: np.ndarray,
+    cache_dir: str | Path | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    metric: str = "cosine",
+    seed: int = 0,
+) -> np.ndarray:
     """Return a 2-D UMAP embedding of ``points`` (fixed seed), read from ``cache_dir`` when computed before.
 
     The cache key hashes the points' bytes and every setting, so a changed input never reads a stale embedding.
@@ -76,7 +89,9 @@ def umap_embedding(points: np.ndarray, cache_dir: str | Path | None = None, n_ne
     points = np.ascontiguousarray(points, dtype=np.float32)
     if points.ndim != 2 or len(points) <= n_neighbors:
         raise ValueError(f"UMAP needs a 2-D array with more than n_neighbors={n_neighbors} rows, got {points.shape}")
-    key = hashlib.sha256(points.tobytes() + repr((points.shape, n_neighbors, min_dist, metric, seed)).encode()).hexdigest()
+    key = hashlib.sha256(
+        points.tobytes() + repr((points.shape, n_neighbors, min_dist, metric, seed)).encode()
+    ).hexdigest()
     path = Path(cache_dir) / f"umap-{key[:20]}.npy" if cache_dir else None
     if path is not None and path.is_file():
         return np.load(path)
@@ -89,8 +104,9 @@ def umap_embedding(points: np.ndarray, cache_dir: str | Path | None = None, n_ne
     return xy
 
 
-def score_field(xy: np.ndarray, values: np.ndarray, resolution: int = 120, k: int = 10, margin: float = 0.05,
-                reach: float = 0.06):
+def score_field(
+    xy: np.ndarray, values: np.ndarray, resolution: int = 120, k: int = 10, margin: float = 0.05, reach: float = 0.06
+):
     """Interpolate per-point ``values`` over the embedding's bounding box (distance-weighted ``k`` nearest points).
 
     Cells farther than ``reach`` (a fraction of the box's diagonal) from every point are left empty (NaN), so the

@@ -51,8 +51,9 @@ def text_features(
     key = sha256_text(clip.fingerprint + "\n" + "\n".join(texts), 24)
     path = Path(cache_root or cache_dir()) / "text_features" / f"{clip.fingerprint}-{key}.safetensors"
     if use_cache and path.is_file():
-        data = _read_cache_file(path, "text feature cache",
-                                lambda d: "features" in d and len(d["features"]) == len(texts))
+        data = _read_cache_file(
+            path, "text feature cache", lambda d: "features" in d and len(d["features"]) == len(texts)
+        )
         if data is not None:
             return data["features"]
     feats = clip.encode_text(list(texts), batch_size=batch_size, progress=progress).float().contiguous()
@@ -141,7 +142,12 @@ def image_features(
         remove_stale_temporaries(folder)
         atomic_write_json(
             folder / "info.json",
-            {"encoder": encoder.fingerprint, "set": image_set.name, "n": len(image_set), "transform": transform.description},
+            {
+                "encoder": encoder.fingerprint,
+                "set": image_set.name,
+                "n": len(image_set),
+                "transform": transform.description,
+            },
         )
     n_shards = (len(image_set) + shard_size - 1) // shard_size
     shards: list[dict] = []
@@ -225,11 +231,19 @@ def _read_shard(path: Path, lo: int, hi: int) -> dict | None:
 
     def valid(d):
         index, feats = d.get("index"), d.get("features")
-        return (index is not None and feats is not None and index.ndim == 1 and feats.ndim == 2
-                and len(index) == len(feats) and bool(((index >= lo) & (index < hi)).all()))
+        return (
+            index is not None
+            and feats is not None
+            and index.ndim == 1
+            and feats.ndim == 2
+            and len(index) == len(feats)
+            and bool(((index >= lo) & (index < hi)).all())
+        )
 
     data = _read_cache_file(path, "feature cache shard", valid)
-    return None if data is None else {"index": data["index"], "features": data["features"], "skipped": _skipped_of(path)}
+    return (
+        None if data is None else {"index": data["index"], "features": data["features"], "skipped": _skipped_of(path)}
+    )
 
 
 def _skipped_of(path: Path) -> list[dict]:

@@ -120,7 +120,9 @@ def _batches(n: int, batch_size: int, epoch: int, seed: int) -> list[torch.Tenso
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _cross_entropy_steps(stage, opt, logits_of, y, config, lr_at, start_epoch=0, on_epoch_end=None) -> Iterator[TrainLog]:
+def _cross_entropy_steps(
+    stage, opt, logits_of, y, config, lr_at, start_epoch=0, on_epoch_end=None
+) -> Iterator[TrainLog]:
     """The loop both stages share: seeded shuffles per epoch, a scheduled learning rate, cross-entropy steps."""
     per_epoch = math.ceil(len(y) / config.batch_size)
     total = per_epoch * config.epochs
@@ -144,7 +146,9 @@ def _cross_entropy_steps(stage, opt, logits_of, y, config, lr_at, start_epoch=0,
 
 def _adapter_schedule(config: AdapterConfig):
     """Stage A's learning rate: cosine from ``lr`` to ``min_lr`` over all steps."""
-    return lambda step, total: config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total))
+    return lambda step, total: (
+        config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total))
+    )
 
 
 def adapter_steps(
@@ -189,8 +193,16 @@ def adapter_steps(
         return config.logit_scale * adapter(x[idx]) @ labels.T
 
     adapter.train()
-    yield from _cross_entropy_steps("adapter" if tuned_rows is None else "joint", opt, logits_of, y, config,
-                                    _adapter_schedule(config), start_epoch, on_epoch_end)
+    yield from _cross_entropy_steps(
+        "adapter" if tuned_rows is None else "joint",
+        opt,
+        logits_of,
+        y,
+        config,
+        _adapter_schedule(config),
+        start_epoch,
+        on_epoch_end,
+    )
     adapter.eval()
 
 
@@ -221,8 +233,14 @@ def label_steps(
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
     yield from _cross_entropy_steps(
-        "labels", opt, lambda idx: config.logit_scale * x[idx] @ F.normalize(neg_text, dim=-1).T, y, config,
-        lambda step, total: 0.5 * config.lr * (1 + math.cos(math.pi * step / total)), start_epoch, on_epoch_end,
+        "labels",
+        opt,
+        lambda idx: config.logit_scale * x[idx] @ F.normalize(neg_text, dim=-1).T,
+        y,
+        config,
+        lambda step, total: 0.5 * config.lr * (1 + math.cos(math.pi * step / total)),
+        start_epoch,
+        on_epoch_end,
     )
 
 
@@ -262,8 +280,19 @@ def train_joint(
     torch.manual_seed(seed)
     adapter = ResidualAdapter(id_text.shape[1]).to(id_features.device)
     rows = torch.nn.Parameter(neg_text.detach().clone().float())
-    logs = list(adapter_steps(adapter, id_features, id_labels, syn_features, syn_negative_index, id_text, neg_text,
-                              config, tuned_rows=rows))
+    logs = list(
+        adapter_steps(
+            adapter,
+            id_features,
+            id_labels,
+            syn_features,
+            syn_negative_index,
+            id_text,
+            neg_text,
+            config,
+            tuned_rows=rows,
+        )
+    )
     return adapter, rows.detach(), logs
 
 
@@ -307,10 +336,15 @@ def synood_score(
     if tuned_neg_text is not None:
         widths["tuned_neg_text"] = tuned_neg_text.shape[-1]
         n_tuned = len(tuned_index) if tuned_index is not None else len(tuned_neg_text)
-        if n_tuned != len(tuned_neg_text) or (tuned_index is not None and len(tuned_index) and (
-                int(tuned_index.min()) < 0 or int(tuned_index.max()) >= len(neg_text))):
-            raise ValueError(f"{len(tuned_neg_text)} tuned rows need as many indices in [0, {len(neg_text)}), got "
-                             f"{None if tuned_index is None else tuned_index.tolist()[:10]}")
+        if n_tuned != len(tuned_neg_text) or (
+            tuned_index is not None
+            and len(tuned_index)
+            and (int(tuned_index.min()) < 0 or int(tuned_index.max()) >= len(neg_text))
+        ):
+            raise ValueError(
+                f"{len(tuned_neg_text)} tuned rows need as many indices in [0, {len(neg_text)}), got "
+                f"{None if tuned_index is None else tuned_index.tolist()[:10]}"
+            )
     wrong = {k: v for k, v in widths.items() if v != d}
     if wrong:
         raise ValueError(f"image features are {d}-dimensional but {wrong} differ (a checkpoint of another CLIP?)")
@@ -326,9 +360,14 @@ def synood_score(
         return neglabel_score(feats, id_text, negs, temperature, groups, seed)
 
 
-def save_finetune(path: str | Path, words: list[str], adapter: ResidualAdapter | None = None,
-                  tuned_neg_text: torch.Tensor | None = None, tuned_index: torch.Tensor | None = None,
-                  extra: dict | None = None) -> Path:
+def save_finetune(
+    path: str | Path,
+    words: list[str],
+    adapter: ResidualAdapter | None = None,
+    tuned_neg_text: torch.Tensor | None = None,
+    tuned_index: torch.Tensor | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write a safetensors checkpoint whose metadata carries the ordered negative-label list."""
     from safetensors.torch import save_file
 
@@ -380,11 +419,15 @@ def load_finetune(path: str | Path, words: list[str], dim: int | None = None) ->
     if not isinstance(saved, list) or not all(isinstance(w, str) for w in saved):
         raise ValueError(f"{path} is not a SynOOD fine-tuning checkpoint (no negative_words metadata)")
     if list(saved) != list(words):
-        first = next((i for i, (a, b) in enumerate(zip(saved, words, strict=False)) if a != b), min(len(saved), len(words)))
-        raise ValueError(f"{path} was trained for another negative-label list ({len(saved)} vs {len(words)} labels; "
-                         f"first difference at position {first})")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(saved, words, strict=False)) if a != b), min(len(saved), len(words))
+        )
+        raise ValueError(
+            f"{path} was trained for another negative-label list ({len(saved)} vs {len(words)} labels; "
+            f"first difference at position {first})"
+        )
     adapter = None
-    state = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    state = {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
     tuned, index = tensors.get("tuned_neg_text"), tensors.get("tuned_index")
     try:
         if state:
@@ -397,11 +440,17 @@ def load_finetune(path: str | Path, words: list[str], dim: int | None = None) ->
         if tuned is not None:
             if tuned.ndim != 2 or (dim is not None and tuned.shape[1] != dim):
                 raise ValueError(f"its tuned rows have shape {tuple(tuned.shape)}, expected (T, {dim or 'd'})")
-            if index is None or index.shape != (len(tuned),) or (len(index) and not 0 <= int(index.min()) <= int(
-                    index.max()) < len(words)):
+            if (
+                index is None
+                or index.shape != (len(tuned),)
+                or (len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(words))
+            ):
                 raise ValueError(f"its tuned_index must hold {len(tuned)} rows in [0, {len(words)})")
     except (RuntimeError, ValueError, RecursionError) as e:
         raise ValueError(f"{path} does not fit: {e}") from None
-    return {"adapter": adapter, "tuned_neg_text": tensors.get("tuned_neg_text"), "tuned_index": tensors.get("tuned_index"),
-            "extra": extra if isinstance(extra, dict) else {}}
-
+    return {
+        "adapter": adapter,
+        "tuned_neg_text": tensors.get("tuned_neg_text"),
+        "tuned_index": tensors.get("tuned_index"),
+        "extra": extra if isinstance(extra, dict) else {},
+    }

@@ -67,7 +67,7 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: str) -> dict:
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            pid, name = key[len("optimizer."):].split(".", 1)
+            pid, name = key[len("optimizer.") :].split(".", 1)
             state.setdefault(int(pid), {})[name] = value
     for key, value in data["scalars"].items():
         pid, name = key.split(".", 1)
@@ -103,7 +103,7 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
     return {
         "stage": meta["stage"],
         "epoch": int(meta["epoch"]),
-        "adapter": {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")},
+        "adapter": {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")},
         "rows": tensors.get("rows"),
         "optimizer": _optimizer_state(tensors, meta["optimizer"]),
     }
@@ -117,7 +117,12 @@ def read_run_logs(out_dir: str | Path) -> list[TrainLog]:
     epochs: dict[tuple[str, int], list[TrainLog]] = {}
     for rec in read_jsonl(Path(out_dir) / "log.jsonl")[0]:
         key = (rec.get("stage"), rec.get("epoch"))
-        if key[0] not in order or not isinstance(key[1], int) or key in epochs or not isinstance(rec.get("steps"), list):
+        if (
+            key[0] not in order
+            or not isinstance(key[1], int)
+            or key in epochs
+            or not isinstance(rec.get("steps"), list)
+        ):
             continue
         try:
             epochs[key] = [TrainLog(**step) for step in rec["steps"]]
@@ -162,8 +167,10 @@ def finetune_run_steps(
     if len(words) != len(neg_text):
         raise ValueError(f"{len(words)} words for {len(neg_text)} negative label rows")
     out = Path(out_dir)
-    key = _inputs_key([id_features, id_labels, syn_features, syn_negative_index, id_text, neg_text],
-                      [list(words), dataclasses.asdict(adapter_config), dataclasses.asdict(label_config), seed])
+    key = _inputs_key(
+        [id_features, id_labels, syn_features, syn_negative_index, id_text, neg_text],
+        [list(words), dataclasses.asdict(adapter_config), dataclasses.asdict(label_config), seed],
+    )
     with OutputLock(out, purpose="fine-tuning"):
         remove_stale_temporaries(out)
         result = out / "finetune.safetensors"
@@ -181,18 +188,39 @@ def finetune_run_steps(
 
         def checkpoint(stage):
             def on_epoch_end(epoch, optimizer_state):
-                append_jsonl(out / "log.jsonl", {"stage": stage, "epoch": epoch,
-                                                 "steps": [dataclasses.asdict(log) for log in epoch_logs]})
+                append_jsonl(
+                    out / "log.jsonl",
+                    {"stage": stage, "epoch": epoch, "steps": [dataclasses.asdict(log) for log in epoch_logs]},
+                )
                 epoch_logs.clear()
-                _save_checkpoint(out / "checkpoint.safetensors", stage, epoch, key, adapter,
-                                 rows if stage == "labels" else None, optimizer_state)
+                _save_checkpoint(
+                    out / "checkpoint.safetensors",
+                    stage,
+                    epoch,
+                    key,
+                    adapter,
+                    rows if stage == "labels" else None,
+                    optimizer_state,
+                )
+
             return on_epoch_end
 
         stage, done_epoch = (ckpt["stage"], ckpt["epoch"]) if ckpt else ("adapter", -1)
         if stage == "adapter" and done_epoch + 1 < adapter_config.epochs:
             resume = ckpt["optimizer"] if ckpt else None
-            for log in adapter_steps(adapter, id_features, id_labels, syn_features, syn_negative_index, id_text,
-                                     neg_text, adapter_config, done_epoch + 1, resume, checkpoint("adapter")):
+            for log in adapter_steps(
+                adapter,
+                id_features,
+                id_labels,
+                syn_features,
+                syn_negative_index,
+                id_text,
+                neg_text,
+                adapter_config,
+                done_epoch + 1,
+                resume,
+                checkpoint("adapter"),
+            ):
                 epoch_logs.append(log)
                 yield log
             stage, done_epoch, ckpt = "labels", -1, None
@@ -201,14 +229,26 @@ def finetune_run_steps(
         adapter.eval()
         if stage == "labels" and done_epoch + 1 < label_config.epochs:
             resume = ckpt["optimizer"] if ckpt else None
-            for log in label_steps(rows, syn_features, syn_negative_index, label_config, done_epoch + 1, resume,
-                                   checkpoint("labels")):
+            for log in label_steps(
+                rows, syn_features, syn_negative_index, label_config, done_epoch + 1, resume, checkpoint("labels")
+            ):
                 epoch_logs.append(log)
                 yield log
-        save_finetune(result, list(words), adapter, rows.detach(),
-                      extra={"inputs": key, "adapter_config": dataclasses.asdict(adapter_config),
-                             "label_config": dataclasses.asdict(label_config), "seed": seed})
-        _save_checkpoint(out / "checkpoint.safetensors", "done", 0, key, adapter, rows, {"state": {}, "param_groups": []})
+        save_finetune(
+            result,
+            list(words),
+            adapter,
+            rows.detach(),
+            extra={
+                "inputs": key,
+                "adapter_config": dataclasses.asdict(adapter_config),
+                "label_config": dataclasses.asdict(label_config),
+                "seed": seed,
+            },
+        )
+        _save_checkpoint(
+            out / "checkpoint.safetensors", "done", 0, key, adapter, rows, {"state": {}, "param_groups": []}
+        )
 
 
 def run_finetune(out_dir: str | Path, words: list[str], *args, **kwargs) -> dict:

@@ -107,5 +107,7 @@ def boundary_target(scorer: Scorer, id_images: torch.Tensor, quantile: float = 0
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     if len(id_images) == 0:
         raise ValueError("id_images is empty")
-    scores = torch.cat([scorer(id_images[i : i + batch_size]).float().cpu() for i in range(0, len(id_images), batch_size)])
+    scores = torch.cat(
+        [scorer(id_images[i : i + batch_size]).float().cpu() for i in range(0, len(id_images), batch_size)]
+    )
     return float(torch.quantile(scores, quantile))

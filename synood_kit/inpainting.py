@@ -60,8 +60,11 @@ class InpaintConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if isinstance(self.num_inference_steps, bool) or not isinstance(self.num_inference_steps, int) \
-                or self.num_inference_steps < 1:
+        if (
+            isinstance(self.num_inference_steps, bool)
+            or not isinstance(self.num_inference_steps, int)
+            or self.num_inference_steps < 1
+        ):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {self.num_inference_steps!r}")
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
@@ -270,7 +273,9 @@ def refine(*args, **kwargs) -> RefineStep:
     return last
 
 
-def load_inpaint_pipeline(source: str = "miniworld", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_inpaint_pipeline(
+    source: str = "miniworld", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+):
     """Load a ``StableDiffusionInpaintPipeline``: ``"miniworld"``, a local folder, or a hub id
     (``"stabilityai/stable-diffusion-2-inpainting"``, the paper's; taken from the local Hugging Face cache when
     ``HF_HUB_OFFLINE=1``).

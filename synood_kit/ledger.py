@@ -32,8 +32,13 @@ def reported_numbers(path: str | Path | None = None):
     return table
 
 
-def ledger(measured, benchmark: str, set_names: dict[str, str] | None = None, method_names: dict[str, str] | None = None,
-           metrics: tuple[str, ...] = ("FPR95_IDpos", "AUROC")):
+def ledger(
+    measured,
+    benchmark: str,
+    set_names: dict[str, str] | None = None,
+    method_names: dict[str, str] | None = None,
+    metrics: tuple[str, ...] = ("FPR95_IDpos", "AUROC"),
+):
     """Return reported and measured values side by side for one benchmark.
 
     Args:
@@ -58,15 +63,19 @@ def ledger(measured, benchmark: str, set_names: dict[str, str] | None = None, me
     rows = []
     for _, r in measured.iterrows():
         for metric in metrics:
-            rows.append({
-                "method": method_names.get(r["method"], r["method"]),
-                "ood_set": set_names.get(r["ood_set"], r["ood_set"]),
-                "metric": metric,
-                "measured": 100.0 * float(r[metric]),
-            })
+            rows.append(
+                {
+                    "method": method_names.get(r["method"], r["method"]),
+                    "ood_set": set_names.get(r["ood_set"], r["ood_set"]),
+                    "metric": metric,
+                    "measured": 100.0 * float(r[metric]),
+                }
+            )
     mine = pd.DataFrame(rows, columns=["method", "ood_set", "metric", "measured"])
-    out = reported.drop(columns=["benchmark"]).rename(columns={"value": "reported"}).merge(
-        mine, on=["method", "ood_set", "metric"], how="outer"
+    out = (
+        reported.drop(columns=["benchmark"])
+        .rename(columns={"value": "reported"})
+        .merge(mine, on=["method", "ood_set", "metric"], how="outer")
     )
     out["difference"] = out["measured"] - out["reported"]
     return out[["method", "ood_set", "metric", "reported", "measured", "difference", "source"]]

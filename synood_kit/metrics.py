@@ -279,7 +279,9 @@ def summarize(
         raise ValueError("an OOD set may not be named 'mean': that row holds the mean over sets")
     id_arr = _as_scores(id_scores, "id_scores")
     sets = {name: _as_scores(s, f"ood_scores[{name!r}]") for name, s in ood_scores.items()}
-    rows = {name: {**_all_metrics(id_arr, arr, tpr), "n_id": id_arr.size, "n_ood": arr.size} for name, arr in sets.items()}
+    rows = {
+        name: {**_all_metrics(id_arr, arr, tpr), "n_id": id_arr.size, "n_ood": arr.size} for name, arr in sets.items()
+    }
     table = pd.DataFrame.from_dict(rows, orient="index")
     mean = table.mean(numeric_only=True)
     mean["n_ood"] = table["n_ood"].sum()

@@ -120,12 +120,15 @@ def load_mllm(
     if is_local and not (Path(path) / "config.json").is_file():
         raise WeightsNotFoundError(_local_hint(str(source), path))
     if is_local and not trust_remote_code and "auto_map" in (Path(path) / "config.json").read_text(errors="replace"):
-        raise ValueError(f"{path}/config.json asks to run the folder's own Python code (auto_map); refused. Turn "
-                         "trust_remote_code on only for a model whose code you have read.")
+        raise ValueError(
+            f"{path}/config.json asks to run the folder's own Python code (auto_map); refused. Turn "
+            "trust_remote_code on only for a model whose code you have read."
+        )
     dtype = dtype or torch.float32
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=is_local,
-                                                            trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, local_files_only=is_local, trust_remote_code=trust_remote_code
+        )
         processor = AutoProcessor.from_pretrained(path, local_files_only=is_local, trust_remote_code=trust_remote_code)
     except OSError as e:
         if is_local:
@@ -148,7 +151,9 @@ def _to_pil(images) -> list:
         return [Image.fromarray(a) for a in arr]
     if isinstance(images, (list, tuple)) and all(isinstance(im, Image.Image) for im in images):
         return [im.convert("RGB") for im in images]
-    raise TypeError(f"images must be a (B, 3, H, W) tensor in [0, 1] or a list of PIL images, got {type(images).__name__}")
+    raise TypeError(
+        f"images must be a (B, 3, H, W) tensor in [0, 1] or a list of PIL images, got {type(images).__name__}"
+    )
 
 
 @torch.no_grad()

@@ -300,5 +300,7 @@ def save_clip_folder(
     }
     with atomic_path(folder / "open_clip_model.safetensors") as tmp:
         save_file(state, str(tmp))
-    atomic_write_json(folder / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}})
+    atomic_write_json(
+        folder / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    )
     return folder

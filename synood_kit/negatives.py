@@ -77,7 +77,9 @@ class NegativeLabels:
             stats = tuple(float(r["percentile_similarity"]) for r in rows)
             provenance = dict(data.get("provenance", {}))
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a negative-label list written by synood_kit ({type(e).__name__}: {e})") from None
+            raise ValueError(
+                f"{path} is not a negative-label list written by synood_kit ({type(e).__name__}: {e})"
+            ) from None
         if not words:
             raise ValueError(f"{path} holds no negative labels")
         return cls(words, pos, prompts, stats, provenance)
@@ -230,7 +232,11 @@ def assign_negative_labels(image_features: torch.Tensor, neg_text_features: torc
         ``(indices (N,) int64 into the saved order, probabilities (N,) float32)``.
     """
     if image_features.shape[-1] != neg_text_features.shape[-1]:
-        raise ValueError(f"feature dims differ: images {image_features.shape[-1]}, negatives {neg_text_features.shape[-1]}")
-    logits = F.normalize(image_features.float(), dim=-1) @ F.normalize(neg_text_features.float(), dim=-1).T / temperature
+        raise ValueError(
+            f"feature dims differ: images {image_features.shape[-1]}, negatives {neg_text_features.shape[-1]}"
+        )
+    logits = (
+        F.normalize(image_features.float(), dim=-1) @ F.normalize(neg_text_features.float(), dim=-1).T / temperature
+    )
     prob, index = torch.softmax(logits, dim=1).max(dim=1)
     return index.cpu(), prob.cpu()

@@ -100,8 +100,10 @@ def refinement_figure(sources, steps, masks=None, max_images: int = 4, scale: fl
     cols = 2 + 2 * len(steps)
     fig, axes = plt.subplots(n, cols, figsize=(cols * scale, n * scale * 1.15), squeeze=False)
     for i in range(n):
-        panels = [(sources[i].permute(1, 2, 0).clamp(0, 1), "source", None),
-                  ((masks[i, 0] if masks is not None else np.ones(sources.shape[-2:])), "mask", "gray")]
+        panels = [
+            (sources[i].permute(1, 2, 0).clamp(0, 1), "source", None),
+            ((masks[i, 0] if masks is not None else np.ones(sources.shape[-2:])), "mask", "gray"),
+        ]
         for st in steps:
             panels.append((st.image[i].permute(1, 2, 0), f"gen {st.round}\ns={float(st.score[i]):.2f}", None))
             gm = st.grad_magnitude[i] if st.grad_magnitude is not None else np.zeros(sources.shape[-2:])
@@ -180,8 +182,15 @@ def roc_curves(scores: dict[str, dict[str, np.ndarray]], ood_set: str, id_set: s
     return ax.figure
 
 
-def boundary_map(xy: np.ndarray, groups: dict[str, np.ndarray], field, level: float, anchors: np.ndarray | None = None,
-                 title: str = "", ax=None):
+def boundary_map(
+    xy: np.ndarray,
+    groups: dict[str, np.ndarray],
+    field,
+    level: float,
+    anchors: np.ndarray | None = None,
+    title: str = "",
+    ax=None,
+):
     """Plot a 2-D embedding with a score as a colour field, the decision boundary as a contour, and point groups.
 
     Args:
@@ -201,16 +210,32 @@ def boundary_map(xy: np.ndarray, groups: dict[str, np.ndarray], field, level: fl
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5))
     extent, grid = field
-    image = ax.imshow(grid, extent=extent, origin="lower", cmap="RdBu", aspect="auto", alpha=0.55,
-                      vmin=level - 3 * max(abs(level), 1), vmax=level + 3 * max(abs(level), 1))
+    image = ax.imshow(
+        grid,
+        extent=extent,
+        origin="lower",
+        cmap="RdBu",
+        aspect="auto",
+        alpha=0.55,
+        vmin=level - 3 * max(abs(level), 1),
+        vmax=level + 3 * max(abs(level), 1),
+    )
     xs, ys = np.linspace(extent[0], extent[1], grid.shape[1]), np.linspace(extent[2], extent[3], grid.shape[0])
     ax.contour(xs, ys, np.nan_to_num(grid, nan=level - 1e3), levels=[level], colors="k", linewidths=1.2)
     markers = "o^sDvP*X"
     for i, (name, index) in enumerate(groups.items()):
         emphasised = name.startswith("synthetic")  # few points that the figure is about: larger, outlined
-        ax.scatter(xy[index, 0], xy[index, 1], s=40 if emphasised else 9, marker=markers[i % len(markers)], label=name,
-                   alpha=0.9 if emphasised else 0.7, edgecolors="k" if emphasised else "none", linewidths=0.6,
-                   zorder=3 if emphasised else 2)
+        ax.scatter(
+            xy[index, 0],
+            xy[index, 1],
+            s=40 if emphasised else 9,
+            marker=markers[i % len(markers)],
+            label=name,
+            alpha=0.9 if emphasised else 0.7,
+            edgecolors="k" if emphasised else "none",
+            linewidths=0.6,
+            zorder=3 if emphasised else 2,
+        )
     if anchors is not None and len(anchors):
         ax.scatter(xy[anchors, 0], xy[anchors, 1], s=30, marker="x", c="k", label="negative labels (text)", zorder=4)
     ax.figure.colorbar(image, ax=ax, label="log score (boundary: black line)")

@@ -121,8 +121,14 @@ class OpenAIBackend:
     servers accept any key); it is never stored in records or logs.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_tokens: int = 48):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_tokens: int = 48,
+    ):
         from openai import OpenAI
 
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "not-needed", timeout=timeout)
@@ -141,13 +147,19 @@ class OpenAIBackend:
 
         answers = []
         for image in images:
-            messages = [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": _data_url(image)}},
-                {"type": "text", "text": question},
-            ]}]
+            messages = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": _data_url(image)}},
+                        {"type": "text", "text": question},
+                    ],
+                }
+            ]
             try:
-                reply = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                            max_tokens=self.max_tokens, temperature=0.0)
+                reply = self.client.chat.completions.create(
+                    model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=0.0
+                )
             except openai.APIStatusError as e:
                 if e.status_code not in (400, 413, 422):
                     raise
@@ -157,8 +169,14 @@ class OpenAIBackend:
         return answers
 
 
-def prompt_contexts(backend, items, out_path: str | Path, config: PromptingConfig | None = None,
-                    batch_size: int = 32, progress: bool = True) -> list[dict]:
+def prompt_contexts(
+    backend,
+    items,
+    out_path: str | Path,
+    config: PromptingConfig | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[dict]:
     """Ask ``backend`` about every ``(id, image)`` not yet in ``out_path`` and append one JSONL row each.
 
     Args:

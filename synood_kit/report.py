@@ -101,12 +101,23 @@ def _render(executed: Path, target: Path) -> list[str]:
     nb = nbformat.read(executed, as_version=4)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     atomic_write_text(target, body)
-    return [f"{o.get('ename', '')}: {o.get('evalue', '')}" for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return [
+        f"{o.get('ename', '')}: {o.get('evalue', '')}"
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
-def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: dict | None = None,
-               kernel_name: str = "python3", progress: bool = True, notebooks_dir: str | Path | None = None) -> Report:
+def run_report(
+    out_dir: str | Path,
+    only: list[str] | None = None,
+    parameters: dict | None = None,
+    kernel_name: str = "python3",
+    progress: bool = True,
+    notebooks_dir: str | Path | None = None,
+) -> Report:
     """Run the notebooks in order, render each to HTML and write the summary page.
 
     Args:
@@ -148,12 +159,20 @@ def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: d
         executed = out / "executed" / f"{name}.ipynb"
         cpu0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
         try:
-            papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(executed),
-                                       parameters=params, kernel_name=kernel_name, cwd=str(repo_root()),
-                                       progress_bar=progress)
+            papermill.execute_notebook(
+                str(folder / f"{name}.ipynb"),
+                str(executed),
+                parameters=params,
+                kernel_name=kernel_name,
+                cwd=str(repo_root()),
+                progress_bar=progress,
+            )
             run.status = "ok"
         except Exception as e:  # a failed notebook is recorded; the others still run
-            run.status, run.error = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+            run.status, run.error = (
+                "failed",
+                f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}",
+            )
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         run.seconds = round(time.time() - t0, 1)
         run.cpu_seconds = round((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), 1)
@@ -162,13 +181,18 @@ def run_report(out_dir: str | Path, only: list[str] | None = None, parameters: d
             if errors and run.status == "ok":  # an error cell that papermill let pass (e.g. tagged raises-exception)
                 run.status, run.error = "failed", errors[-1]
         if progress:
-            print(f"[{i}/{len(names)}] {name}: {run.status} in {run.seconds:.0f} s"
-                  + (f" ({run.error})" if run.error else ""), flush=True)
+            print(
+                f"[{i}/{len(names)}] {name}: {run.status} in {run.seconds:.0f} s"
+                + (f" ({run.error})" if run.error else ""),
+                flush=True,
+            )
         runs.append(run)
     seconds = round(time.time() - t_job, 1)
     index = _write_summary(out, runs, seconds)
     if progress:
-        print(f"report: {index} ({sum(r.status == 'ok' for r in runs)}/{len(runs)} notebooks ok, {seconds / 60:.1f} min)")
+        print(
+            f"report: {index} ({sum(r.status == 'ok' for r in runs)}/{len(runs)} notebooks ok, {seconds / 60:.1f} min)"
+        )
     return Report(out, runs, seconds, index)
 
 
@@ -209,7 +233,9 @@ def _write_summary(out: Path, runs: list[NotebookRun], seconds: float) -> Path:
     rows = "".join(
         f"<tr><td><a href='html/{r.name}.html'>{html.escape(r.name)}</a></td>"
         f"<td class='{r.status}'>{r.status}</td><td>{r.seconds:.0f}</td><td>{r.cpu_seconds:.0f}</td>"
-        f"<td>{html.escape(r.error)}</td></tr>" for r in runs)
+        f"<td>{html.escape(r.error)}</td></tr>"
+        for r in runs
+    )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>synood-kit report</title><style>"
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
@@ -220,7 +246,8 @@ def _write_summary(out: Path, runs: list[NotebookRun], seconds: float) -> Path:
         f"({html.escape(platform.processor() or platform.machine())}, {_cpu_count()} CPUs). "
         f"Total {seconds / 60:.1f} min; {sum(r.status == 'ok' for r in runs)}/{len(runs)} notebooks ok.</p>",
         "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>wall s</th><th>CPU s</th><th>error</th></tr>",
-        rows, "</table>",
+        rows,
+        "</table>",
         f"<h2>Cost</h2><p>Synthesis: {cost['images']} images in {cost['folders']} folders, "
         f"{cost['unet_evaluations']} UNet evaluations, {cost['seconds']:.0f} s of refinement. "
         f"Peak memory of one notebook kernel: {peak_mb:.0f} MB.</p>",
@@ -228,15 +255,27 @@ def _write_summary(out: Path, runs: list[NotebookRun], seconds: float) -> Path:
         *(f"<figure><img src='{src}'><figcaption>{html.escape(cap)}</figcaption></figure>" for src, cap in figures),
     ]
     if results.is_file():
-        parts += ["<h2>Results: SynOOD vs zero-shot NegLabel and the ID-only control (06)</h2>",
-                  _markdown_html(results.read_text())]
+        parts += [
+            "<h2>Results: SynOOD vs zero-shot NegLabel and the ID-only control (06)</h2>",
+            _markdown_html(results.read_text()),
+        ]
     if ablations.is_file():
         parts += ["<h2>Ablations (08)</h2>", _markdown_html(ablations.read_text())]
-    parts += ["<h2>Ledger: published numbers (ImageNet-1k, for GPU runs with real weights)</h2>",
-              reported_numbers().to_html(index=False), "</body></html>"]
+    parts += [
+        "<h2>Ledger: published numbers (ImageNet-1k, for GPU runs with real weights)</h2>",
+        reported_numbers().to_html(index=False),
+        "</body></html>",
+    ]
     index = atomic_write_text(out / "index.html", "\n".join(parts))
-    atomic_write_json(out / "report.json", {"seconds": seconds, "notebooks": [asdict(r) for r in runs],
-                                            "synthesis_cost": cost, "peak_kernel_memory_mb": round(peak_mb)})
+    atomic_write_json(
+        out / "report.json",
+        {
+            "seconds": seconds,
+            "notebooks": [asdict(r) for r in runs],
+            "synthesis_cost": cost,
+            "peak_kernel_memory_mb": round(peak_mb),
+        },
+    )
     return index
 
 

@@ -114,9 +114,7 @@ def _check_features(image_features: torch.Tensor, text_features: torch.Tensor, t
         )
 
 
-def _batched(
-    fn: Callable[[torch.Tensor], torch.Tensor], image_features: torch.Tensor, batch_size: int
-) -> torch.Tensor:
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], image_features: torch.Tensor, batch_size: int) -> torch.Tensor:
     parts = [fn(image_features[i : i + batch_size]) for i in _row_batches(len(image_features), batch_size)]
     if not parts:
         return image_features.new_zeros((0,), dtype=torch.float32)

@@ -160,7 +160,9 @@ def _check_config(out: Path, config: SynthesisConfig) -> None:
         have = json.loads(path.read_text())
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            raise ValueError(f"{out} holds a synthesis run with another configuration (differs in {diff}); use a new folder")
+            raise ValueError(
+                f"{out} holds a synthesis run with another configuration (differs in {diff}); use a new folder"
+            )
     else:
         atomic_write_json(path, want)
 
@@ -225,21 +227,40 @@ def synthesize(
         batches = [k for k in range(0, (len(sources) + bs - 1) // bs) if k % world_size == rank]
         todo = [k for k in batches if not all(s.id in done for s in sources[k * bs : (k + 1) * bs])]
         mine = [i for k in batches for i in range(k * bs, min(len(sources), (k + 1) * bs))]
-        bar = tqdm(total=len(mine), initial=sum(sources[i].id in done for i in mine), unit="img",
-                   desc=f"synthesis [{rank}/{world_size}]", disable=not progress)  # images done, rate, time left
+        bar = tqdm(
+            total=len(mine),
+            initial=sum(sources[i].id in done for i in mine),
+            unit="img",
+            desc=f"synthesis [{rank}/{world_size}]",
+            disable=not progress,
+        )  # images done, rate, time left
         for k in todo:
             batch = list(sources[k * bs : (k + 1) * bs])
             images = torch.stack([s.image for s in batch])
-            noise = torch.stack([
-                torch.randn(_latent_shape(pipe, images), generator=torch.Generator().manual_seed(item_seed(config.seed, s.id)))
-                for s in batch
-            ])
+            noise = torch.stack(
+                [
+                    torch.randn(
+                        _latent_shape(pipe, images),
+                        generator=torch.Generator().manual_seed(item_seed(config.seed, s.id)),
+                    )
+                    for s in batch
+                ]
+            )
             start = time.perf_counter()
             masks = torch.stack([s.mask if s.mask is not None else torch.ones(1, *s.image.shape[-2:]) for s in batch])
-            steps = list(refine_steps(
-                pipe, images, [s.prompt for s in batch], scorer, config.guidance, config.inpaint, masks=masks, noise=noise,
-                generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
-            ))
+            steps = list(
+                refine_steps(
+                    pipe,
+                    images,
+                    [s.prompt for s in batch],
+                    scorer,
+                    config.guidance,
+                    config.inpaint,
+                    masks=masks,
+                    noise=noise,
+                    generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
+                )
+            )
             last = steps[-1]
             labels = labeler(last.image) if labeler is not None else [None] * len(batch)
             seconds = time.perf_counter() - start
@@ -278,8 +299,9 @@ def synthesize(
         bar.close()
 
 
-def negative_labeler(clip, negatives, out_dir: str | Path | None = None,
-                     parts_of_speech: tuple[str, ...] = ("noun", "adj")) -> Callable[[torch.Tensor], list[dict]]:
+def negative_labeler(
+    clip, negatives, out_dir: str | Path | None = None, parts_of_speech: tuple[str, ...] = ("noun", "adj")
+) -> Callable[[torch.Tensor], list[dict]]:
     """Return a labeler that gives each synthetic image its argmax negative label (METHOD.md stage 5).
 
     Args:

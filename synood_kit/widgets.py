@@ -53,13 +53,21 @@ def refinement_widget(sources, steps, index: int = 0, masks=None, id_scores=None
         image.value = _png(st.image[index].permute(1, 2, 0).numpy())
         g = st.grad_magnitude[index].numpy() if st.grad_magnitude is not None else np.zeros(sources.shape[-2:])
         grad.value = _png(g)
-        label.value = (f"<b>generation {st.round}</b>: score {float(st.score[index]):.3f}, "
-                       f"loss {float(st.loss[index]):.3f}, {st.seconds:.2f} s")
+        label.value = (
+            f"<b>generation {st.round}</b>: score {float(st.score[index]):.3f}, "
+            f"loss {float(st.loss[index]):.3f}, {st.seconds:.2f} s"
+        )
         fig, ax = plt.subplots(figsize=(3.2, 2.2))
         for scores, color in ((id_scores, "tab:blue"), (ood_scores, "tab:red")):
             if scores is not None:
-                ax.hist(np.asarray(scores), bins=30, orientation="horizontal", color=color, alpha=0.3,
-                        weights=np.full(len(scores), len(steps) / max(len(scores), 1) / 4))
+                ax.hist(
+                    np.asarray(scores),
+                    bins=30,
+                    orientation="horizontal",
+                    color=color,
+                    alpha=0.3,
+                    weights=np.full(len(scores), len(steps) / max(len(scores), 1) / 4),
+                )
         ax.plot(range(len(traj)), traj, "-o", color="k", markersize=3)
         ax.plot([slider.value], [traj[slider.value]], "o", color="tab:orange", markersize=8)
         if target is not None:

@@ -25,8 +25,10 @@ def synthesis_sources():
     from synood_kit.synthesis import SynthesisSource
 
     g = torch.Generator().manual_seed(0)
-    return [SynthesisSource(f"src{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.", {"i": i})
-            for i in range(8)]
+    return [
+        SynthesisSource(f"src{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.", {"i": i})
+        for i in range(8)
+    ]
 
 
 def synthesis_config():
@@ -36,7 +38,9 @@ def synthesis_config():
     return SynthesisConfig(
         inpaint=InpaintConfig(num_inference_steps=4, guidance_scale=2.0),
         guidance=GuidanceConfig(rounds=1, target=0.0, step_size=0.5, normalize="unit"),
-        scorer="mean-brightness", seed=3, batch_size=1,
+        scorer="mean-brightness",
+        seed=3,
+        batch_size=1,
     )
 
 
@@ -47,7 +51,9 @@ def brightness(images):
 def load_pipe(folder):
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        str(folder), safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -79,7 +85,9 @@ def finetune_inputs():
 def finetune_configs():
     from synood_kit.finetune import AdapterConfig, LabelTuneConfig
 
-    return AdapterConfig(epochs=8, batch_size=64), LabelTuneConfig(epochs=8, batch_size=32)  # short epochs: many checkpoints
+    return AdapterConfig(epochs=8, batch_size=64), LabelTuneConfig(
+        epochs=8, batch_size=32
+    )  # short epochs: many checkpoints
 
 
 def warm_up_optimizers():

@@ -105,9 +105,7 @@ def lab(tmp_path_factory):
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                pytest.fail(
-                    f"JupyterLab exited with {proc.returncode}:\n{(base / 'jupyterlab.log').read_text()}"
-                )
+                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{(base / 'jupyterlab.log').read_text()}")
             try:
                 with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
                     if r.status == 200:
@@ -181,9 +179,7 @@ def test_inpainting_widget_runs_and_responds_in_chromium(chromium, lab):
             assert page.evaluate("() => window.__runAll") == "true"
             assert all(c["execution_count"] for c in code), "not every code cell ran"
 
-            widget = page.locator(
-                ".jp-OutputArea-output .widget-vbox", has=page.locator(".widget-slider")
-            ).first
+            widget = page.locator(".jp-OutputArea-output .widget-vbox", has=page.locator(".widget-slider")).first
             widget.wait_for(state="visible", timeout=60_000)
             widget.scroll_into_view_if_needed()
             slider, label = (

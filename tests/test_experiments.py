@@ -21,8 +21,14 @@ def world(tmp_path_factory, tiny_clip_dir):
     torch.manual_seed(0)
     kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": len(BENCHMARK_SPEC.id_classes)}
     clf = tmp_path_factory.mktemp("clf")
-    save_classifier_folder(build_classifier("resnet", kw), "resnet", kw, list(BENCHMARK_SPEC.id_classes), clf,
-                           {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+    save_classifier_folder(
+        build_classifier("resnet", kw),
+        "resnet",
+        kw,
+        list(BENCHMARK_SPEC.id_classes),
+        clf,
+        {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
     return root, clf
 
 
@@ -83,8 +89,19 @@ def test_rerun_reuses_the_mined_negatives(zero_shot, monkeypatch):
 def test_cli_world_build_and_bad_model(tmp_path, capsys):
     assert main(["world", "build", "--root", str(tmp_path / "b"), "--scale", "0.01"]) == 0
     assert (tmp_path / "b" / "manifest.jsonl").is_file()
-    status = main(["evaluate", "--clip", str(tmp_path / "no_such_clip"), "--benchmark", str(tmp_path / "b"),
-                   "--out", str(tmp_path / "o"), "--classifier", "none"])
+    status = main(
+        [
+            "evaluate",
+            "--clip",
+            str(tmp_path / "no_such_clip"),
+            "--benchmark",
+            str(tmp_path / "b"),
+            "--out",
+            str(tmp_path / "o"),
+            "--classifier",
+            "none",
+        ]
+    )
     assert status == 2
     assert "open_clip_config.json" in capsys.readouterr().err
 
@@ -93,8 +110,10 @@ def test_cli_mine_writes_an_ordered_list(tmp_path, tiny_clip_dir, cache_root, ca
     names = tmp_path / "ids.txt"
     names.write_text("triangle\nsquare\n")
     out = tmp_path / "neg.json"
-    assert main(["mine", "--clip", str(tiny_clip_dir), "--id-classes", str(names), "--official-filter",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["mine", "--clip", str(tiny_clip_dir), "--id-classes", str(names), "--official-filter", "--out", str(out)])
+        == 0
+    )
     saved = json.loads(out.read_text())
     counts = saved["provenance"]["counts"]
     # both names are WordNet nouns; "square" is an adjective too: ID names leave every part of speech
@@ -122,15 +141,37 @@ def synthetic(world, tiny_clip, tmp_path_factory):
     pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     recs = read_manifest(root, "id_train")[:6]
-    sources = [SynthesisSource(r["id"], load_image(root / r["path"]), "A photo only remain red background.") for r in recs]
-    words = tuple(f"{a}{b}" for a in ("gran", "viol", "harb", "mead", "lant", "quar", "pebb", "cind", "mosa", "fern")
-                  for b in ("ite", "in", "or", "ow", "ern", "tz", "le", "er", "ic", "al", "ock", "ine", "ash", "um", "et"))
-    negatives = NegativeLabels(words, ("noun",) * len(words), tuple(f"the nice {w}" for w in words),
-                               tuple(i / len(words) for i in range(len(words))), {})
-    config = SynthesisConfig(inpaint=InpaintConfig(num_inference_steps=2, guidance_scale=1.0),
-                             guidance=GuidanceConfig(rounds=0), batch_size=3)
-    list(synthesize(pipe, sources, lambda x: x.mean(dim=(1, 2, 3)), tmp / "syn", config, progress=False,
-                    labeler=negative_labeler(tiny_clip, negatives, tmp / "syn")))
+    sources = [
+        SynthesisSource(r["id"], load_image(root / r["path"]), "A photo only remain red background.") for r in recs
+    ]
+    words = tuple(
+        f"{a}{b}"
+        for a in ("gran", "viol", "harb", "mead", "lant", "quar", "pebb", "cind", "mosa", "fern")
+        for b in ("ite", "in", "or", "ow", "ern", "tz", "le", "er", "ic", "al", "ock", "ine", "ash", "um", "et")
+    )
+    negatives = NegativeLabels(
+        words,
+        ("noun",) * len(words),
+        tuple(f"the nice {w}" for w in words),
+        tuple(i / len(words) for i in range(len(words))),
+        {},
+    )
+    config = SynthesisConfig(
+        inpaint=InpaintConfig(num_inference_steps=2, guidance_scale=1.0),
+        guidance=GuidanceConfig(rounds=0),
+        batch_size=3,
+    )
+    list(
+        synthesize(
+            pipe,
+            sources,
+            lambda x: x.mean(dim=(1, 2, 3)),
+            tmp / "syn",
+            config,
+            progress=False,
+            labeler=negative_labeler(tiny_clip, negatives, tmp / "syn"),
+        )
+    )
     return tmp / "syn"
 
 
@@ -138,12 +179,26 @@ def test_run_synood_fine_tunes_and_compares_with_neglabel(world, synthetic, tiny
     from synood_kit.experiments import SynoodRun, run_synood
 
     root, _ = world
-    result = run_synood(tmp_path / "out", SynoodRun(synthetic=str(synthetic), clip=str(tiny_clip_dir),
-                                                    benchmark_root=str(root), adapter_epochs=1, label_epochs=1, n_boot=0),
-                        progress=False)
+    result = run_synood(
+        tmp_path / "out",
+        SynoodRun(
+            synthetic=str(synthetic),
+            clip=str(tiny_clip_dir),
+            benchmark_root=str(root),
+            adapter_epochs=1,
+            label_epochs=1,
+            n_boot=0,
+        ),
+        progress=False,
+    )
     table = result["table"]
-    assert set(table["method"]) == {"NegLabel (zero-shot)", "control: adapter on ID images only", "SynOOD: adapter only",
-                                    "SynOOD: tuned labels only", "SynOOD (adapter + tuned labels)"}
+    assert set(table["method"]) == {
+        "NegLabel (zero-shot)",
+        "control: adapter on ID images only",
+        "SynOOD: adapter only",
+        "SynOOD: tuned labels only",
+        "SynOOD (adapter + tuned labels)",
+    }
     assert (tmp_path / "out" / "finetune.safetensors").is_file() and (tmp_path / "out" / "synood.md").is_file()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_synthetic"] == 6 and metrics["n_negatives"] == 150
@@ -153,12 +208,20 @@ def test_ablation_grid_has_every_variant_and_the_control(world, synthetic, tiny_
     from synood_kit.ablations import TRAININGS, AblationRun, run_ablations
 
     root, _ = world
-    run = AblationRun(synthetic=(("a", str(synthetic)), ("b", str(synthetic))), n_negatives=(None, 100),
-                      clip=str(tiny_clip_dir), benchmark_root=str(root), adapter_epochs=1, label_epochs=1)
+    run = AblationRun(
+        synthetic=(("a", str(synthetic)), ("b", str(synthetic))),
+        n_negatives=(None, 100),
+        clip=str(tiny_clip_dir),
+        benchmark_root=str(root),
+        adapter_epochs=1,
+        label_epochs=1,
+    )
     table = run_ablations(tmp_path / "abl", run, progress=False)["table"]
     variants = set(zip(table["synthetic"], table["training"], table["n_negatives"], strict=True))
     expected = {(s, t, k) for s in "ab" for t in TRAININGS for k in (150, 100)}
-    expected |= {("none", "zero-shot", k) for k in (150, 100)} | {("none", "control: adapter on ID only", k) for k in (150, 100)}
+    expected |= {("none", "zero-shot", k) for k in (150, 100)} | {
+        ("none", "control: adapter on ID only", k) for k in (150, 100)
+    }
     assert variants == expected
     assert len(table) == len(expected) * (len(OOD_SPLITS) + 1)  # every OOD split and the mean
     # the same folder under two names trains the same seeded models
@@ -188,8 +251,9 @@ def test_ablation_run_rejects_bad_settings(capsys):
     assert "--n-negatives" in capsys.readouterr().err
 
 
-def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(world, tiny_clip_dir, tiny_clip, tmp_path, cache_root,
-                                                                capsys):
+def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(
+    world, tiny_clip_dir, tiny_clip, tmp_path, cache_root, capsys
+):
     from synood_kit.finetune import ResidualAdapter, save_finetune
     from synood_kit.negatives import NegativeLabels
 
@@ -202,10 +266,33 @@ def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(world, tiny_clip
     scenes = sorted((root / "far_scenes").rglob("*.png"))
     (tmp_path / "list.txt").write_text("\n".join(str(p.relative_to(root)) for p in scenes) + "\n")
     out = tmp_path / "eval"
-    status = main(["evaluate", "--id", str(root / "id_test"), "--ood", f"near={root / 'near_ood'}",
-                   "--ood", f"scenes={tmp_path / 'list.txt'}", "--data-root", str(root), "--clip", str(tiny_clip_dir),
-                   "--negatives", str(tmp_path / "neg.json"), "--finetune", str(tmp_path / "ft.safetensors"),
-                   "--classifier", str(clf), "--ledger", "ImageNet-1k (MOS)", "--n-boot", "0", "--out", str(out)])
+    status = main(
+        [
+            "evaluate",
+            "--id",
+            str(root / "id_test"),
+            "--ood",
+            f"near={root / 'near_ood'}",
+            "--ood",
+            f"scenes={tmp_path / 'list.txt'}",
+            "--data-root",
+            str(root),
+            "--clip",
+            str(tiny_clip_dir),
+            "--negatives",
+            str(tmp_path / "neg.json"),
+            "--finetune",
+            str(tmp_path / "ft.safetensors"),
+            "--classifier",
+            str(clf),
+            "--ledger",
+            "ImageNet-1k (MOS)",
+            "--n-boot",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {r["method"] for r in metrics["table"]} == {"MCM", "NegLabel", "SynOOD", "MSP", "Energy"}

@@ -60,8 +60,9 @@ def kill_repeatedly(args: list[str], delays: list[float], log: Path, progress) -
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(WORKER.parent)}
     for delay in delays:
         with open(log, "a") as err:
-            proc = subprocess.Popen([sys.executable, str(WORKER), *args], stdout=subprocess.PIPE, stderr=err, text=True,
-                                    env=env)
+            proc = subprocess.Popen(
+                [sys.executable, str(WORKER), *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env
+            )
         try:
             ready, _, _ = select.select([proc.stdout], [], [], 180)
             line = proc.stdout.readline().strip() if ready else ""
@@ -87,8 +88,9 @@ def pipe_dir(tmp_path_factory):
     from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
 
     tok = build_tokenizer()
-    return export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("pipe"),
-                           fp16=False)
+    return export_pipeline(
+        build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("pipe"), fp16=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +130,18 @@ def _check_synthesis_folder(out: Path) -> int:
 
 
 @pytest.mark.slow
-def test_synthesis_killed_five_times_at_random_moments_resumes_identically(pipe_dir, pipe, synthesis_reference, tmp_path):
+def test_synthesis_killed_five_times_at_random_moments_resumes_identically(
+    pipe_dir, pipe, synthesis_reference, tmp_path
+):
     ref, work_s = synthesis_reference
     out = tmp_path / "out"
     delays = kill_delays(work_s, random.Random(SCHEDULE_SEED))
-    progress = kill_repeatedly(["synthesis", str(pipe_dir), str(out)], delays, tmp_path / "worker.log",
-                               lambda: _check_synthesis_folder(out) if out.exists() else 0)
+    progress = kill_repeatedly(
+        ["synthesis", str(pipe_dir), str(out)],
+        delays,
+        tmp_path / "worker.log",
+        lambda: _check_synthesis_folder(out) if out.exists() else 0,
+    )
     n = len(fw.synthesis_sources())
     assert all(p < n for p in progress) and any(p > 0 for p in progress), progress
     with one_thread():
@@ -168,8 +176,14 @@ def features_reference(clip_and_images, tmp_path_factory):
     encoder = fw.SlowEncoder(load_clip(str(clip_dir)))
     with one_thread():
         start = time.perf_counter()
-        fs = image_features(encoder, ImageSet.from_folder(images, labelled=False),
-                            cache_root=tmp_path_factory.mktemp("feat_ref"), batch_size=1, shard_size=2, progress=False)
+        fs = image_features(
+            encoder,
+            ImageSet.from_folder(images, labelled=False),
+            cache_root=tmp_path_factory.mktemp("feat_ref"),
+            batch_size=1,
+            shard_size=2,
+            progress=False,
+        )
         return fs, time.perf_counter() - start, encoder
 
 
@@ -190,18 +204,29 @@ def _assert_same_features(fs, ref) -> None:
 
 
 @pytest.mark.slow
-def test_feature_extraction_killed_five_times_at_random_moments_resumes_identically(clip_and_images, features_reference,
-                                                                                  tmp_path):
+def test_feature_extraction_killed_five_times_at_random_moments_resumes_identically(
+    clip_and_images, features_reference, tmp_path
+):
     clip_dir, images = clip_and_images
     ref, work_s, encoder = features_reference
     cache = tmp_path / "cache"
     delays = kill_delays(work_s, random.Random(SCHEDULE_SEED + 1))
-    progress = kill_repeatedly(["features", str(clip_dir), str(images), str(cache)], delays, tmp_path / "worker.log",
-                               lambda: _check_feature_cache(cache))
+    progress = kill_repeatedly(
+        ["features", str(clip_dir), str(images), str(cache)],
+        delays,
+        tmp_path / "worker.log",
+        lambda: _check_feature_cache(cache),
+    )
     assert all(p < 12 for p in progress) and any(p > 0 for p in progress), progress
     with one_thread():
-        fs = image_features(encoder, ImageSet.from_folder(images, labelled=False), cache_root=cache, batch_size=1,
-                            shard_size=2, progress=False)
+        fs = image_features(
+            encoder,
+            ImageSet.from_folder(images, labelled=False),
+            cache_root=cache,
+            batch_size=1,
+            shard_size=2,
+            progress=False,
+        )
     _assert_same_features(fs, ref)
 
 
@@ -211,8 +236,16 @@ def test_two_extractions_sharing_one_cache_do_not_harm_each_other(clip_and_image
     ref, _, encoder = features_reference
     cache = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(WORKER.parent)}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), "features", str(clip_dir), str(images), str(cache)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "features", str(clip_dir), str(images), str(cache)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-2000:]
@@ -224,8 +257,14 @@ def test_two_extractions_sharing_one_cache_do_not_harm_each_other(clip_and_image
             raise AssertionError("every shard should be cached")
 
     with one_thread():
-        fs = image_features(MustNotEncode(encoder.clip), ImageSet.from_folder(images, labelled=False), cache_root=cache,
-                            batch_size=1, shard_size=2, progress=False)
+        fs = image_features(
+            MustNotEncode(encoder.clip),
+            ImageSet.from_folder(images, labelled=False),
+            cache_root=cache,
+            batch_size=1,
+            shard_size=2,
+            progress=False,
+        )
     _assert_same_features(fs, ref)
 
 
@@ -283,8 +322,12 @@ def test_finetuning_killed_five_times_at_random_moments_resumes_identically(fine
     ref, work_s = finetune_reference
     out = tmp_path / "out"
     delays = kill_delays(work_s, random.Random(SCHEDULE_SEED + 2))
-    progress = kill_repeatedly(["finetune", str(out)], delays, tmp_path / "worker.log",
-                               lambda: _check_finetune_folder(out) if out.exists() else 0)
+    progress = kill_repeatedly(
+        ["finetune", str(out)],
+        delays,
+        tmp_path / "worker.log",
+        lambda: _check_finetune_folder(out) if out.exists() else 0,
+    )
     assert not (out / "finetune.safetensors").exists() and any(p > 0 for p in progress), progress
     with one_thread():
         _finetune(out)
@@ -319,13 +362,24 @@ def failing_replace(after: int, err: int):
         storage.os.replace = real
 
 
-@pytest.mark.parametrize(("err", "reason"), [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "the file system is read-only"),
-                                             (errno.EACCES, "permission denied")])
-def test_synthesis_on_a_full_disk_or_read_only_folder_stops_clearly_and_keeps_earlier_images(pipe, synthesis_reference,
-                                                                                            tmp_path, err, reason):
+@pytest.mark.parametrize(
+    ("err", "reason"),
+    [
+        (errno.ENOSPC, "the disk is full"),
+        (errno.EROFS, "the file system is read-only"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_synthesis_on_a_full_disk_or_read_only_folder_stops_clearly_and_keeps_earlier_images(
+    pipe, synthesis_reference, tmp_path, err, reason
+):
     ref, _ = synthesis_reference
     # renames: synthesis.json, then one per image
-    with one_thread(), failing_replace(after=3, err=err), pytest.raises(OutputError, match=f"cannot write .*src2.png: {reason}"):
+    with (
+        one_thread(),
+        failing_replace(after=3, err=err),
+        pytest.raises(OutputError, match=f"cannot write .*src2.png: {reason}"),
+    ):
         list(synthesize(pipe, fw.synthesis_sources(), fw.brightness, tmp_path, fw.synthesis_config(), progress=False))
     assert sorted(_pngs(tmp_path)) == ["src0.png", "src1.png"] and sorted(read_records(tmp_path)) == ["src0", "src1"]
     assert not list((tmp_path / "images").glob(".*.tmp-*"))  # no half-written file left behind
@@ -334,13 +388,18 @@ def test_synthesis_on_a_full_disk_or_read_only_folder_stops_clearly_and_keeps_ea
     assert _pngs(tmp_path) == _pngs(ref)
 
 
-def test_feature_extraction_on_a_full_disk_stops_clearly_and_keeps_earlier_shards(clip_and_images, features_reference,
-                                                                                 tmp_path):
+def test_feature_extraction_on_a_full_disk_stops_clearly_and_keeps_earlier_shards(
+    clip_and_images, features_reference, tmp_path
+):
     _, images = clip_and_images
     ref, _, encoder = features_reference
     image_set = ImageSet.from_folder(images, labelled=False)
     # renames: info.json, then one per shard
-    with one_thread(), failing_replace(after=4, err=errno.ENOSPC), pytest.raises(OutputError, match="shard-00003.*disk is full"):
+    with (
+        one_thread(),
+        failing_replace(after=4, err=errno.ENOSPC),
+        pytest.raises(OutputError, match="shard-00003.*disk is full"),
+    ):
         image_features(encoder, image_set, cache_root=tmp_path, batch_size=1, shard_size=2, progress=False)
     assert _check_feature_cache(tmp_path) == 3
     with one_thread():
@@ -351,7 +410,11 @@ def test_feature_extraction_on_a_full_disk_stops_clearly_and_keeps_earlier_shard
 def test_finetuning_on_a_full_disk_stops_clearly_and_keeps_the_last_checkpoint(finetune_reference, tmp_path):
     ref, _ = finetune_reference
     out = tmp_path / "ft"
-    with one_thread(), failing_replace(after=2, err=errno.ENOSPC), pytest.raises(OutputError, match="checkpoint.*disk is full"):
+    with (
+        one_thread(),
+        failing_replace(after=2, err=errno.ENOSPC),
+        pytest.raises(OutputError, match="checkpoint.*disk is full"),
+    ):
         _finetune(out)
     assert _check_finetune_folder(out) == 3  # the epoch-1 checkpoint and the epoch-2 log line made it
     with one_thread():
@@ -408,7 +471,9 @@ def test_a_second_synthesis_into_a_busy_folder_is_refused(pipe, tmp_path):
     with one_thread():
         next(first)  # the first run holds the folder
         with pytest.raises(OutputError, match=rf"in use by pid {os.getpid()} \(synthesis\)"):
-            list(synthesize(pipe, fw.synthesis_sources(), fw.brightness, tmp_path, fw.synthesis_config(), progress=False))
+            list(
+                synthesize(pipe, fw.synthesis_sources(), fw.brightness, tmp_path, fw.synthesis_config(), progress=False)
+            )
         first.close()
     assert len(read_records(tmp_path)) == 1  # the refused run wrote nothing
 

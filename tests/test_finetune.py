@@ -110,13 +110,23 @@ def test_checkpoint_carries_the_label_list(data, tmp_path):
 
 def test_synood_score_reduces_to_neglabel_and_substitutes_tuned_rows(data):
     id_feats, _, _, _, id_text, neg_text = data
-    torch.testing.assert_close(synood_score(id_feats, id_text, neg_text, n_groups=2),
-                               neglabel_score(id_feats, id_text, neg_text, n_groups=2))
+    torch.testing.assert_close(
+        synood_score(id_feats, id_text, neg_text, n_groups=2), neglabel_score(id_feats, id_text, neg_text, n_groups=2)
+    )
     tuned = torch.randn(2, D)
-    got = synood_score(id_feats, id_text, neg_text, tuned_neg_text=tuned, tuned_index=torch.tensor([0, 5]), n_groups=None)
+    got = synood_score(
+        id_feats, id_text, neg_text, tuned_neg_text=tuned, tuned_index=torch.tensor([0, 5]), n_groups=None
+    )
     negs = neg_text.clone()
     negs[[0, 5]] = F.normalize(tuned, dim=-1) * neg_text[[0, 5]].norm(dim=-1, keepdim=True)
     torch.testing.assert_close(got, neglabel_score(id_feats, id_text, negs, n_groups=None))
-    only = synood_score(id_feats, id_text, neg_text, tuned_neg_text=tuned, tuned_index=torch.tensor([0, 5]),
-                        keep_untuned=False, n_groups=None)
+    only = synood_score(
+        id_feats,
+        id_text,
+        neg_text,
+        tuned_neg_text=tuned,
+        tuned_index=torch.tensor([0, 5]),
+        keep_untuned=False,
+        n_groups=None,
+    )
     torch.testing.assert_close(only, neglabel_score(id_feats, id_text, negs[[0, 5]], n_groups=None))

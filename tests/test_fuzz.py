@@ -29,19 +29,43 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8,
 )
-paths = st.sampled_from(["a.png", "img/b.png", "../a.png", "a/../../b.png", "/etc/passwd", "", " ", "x\x00y.png",
-                         "./c.png", "link/../a.png", "a b.png"]) | st.text(max_size=20)
+paths = st.sampled_from(
+    [
+        "a.png",
+        "img/b.png",
+        "../a.png",
+        "a/../../b.png",
+        "/etc/passwd",
+        "",
+        " ",
+        "x\x00y.png",
+        "./c.png",
+        "link/../a.png",
+        "a b.png",
+    ]
+) | st.text(max_size=20)
 labels = st.integers(-3, 5) | st.integers() | json_values
-manifest_records = st.fixed_dictionaries({}, optional={
-    "id": st.text(max_size=6) | json_values, "path": paths | json_values, "split": st.sampled_from(["train", "id_test"]),
-    "label": labels, "class_name": st.text(max_size=8) | json_values,
-})
+manifest_records = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=6) | json_values,
+        "path": paths | json_values,
+        "split": st.sampled_from(["train", "id_test"]),
+        "label": labels,
+        "class_name": st.text(max_size=8) | json_values,
+    },
+)
 good_records = st.fixed_dictionaries(  # mostly valid records, so the success path is explored too
     {"id": st.text(min_size=1, max_size=6), "path": paths, "split": st.just("train"), "label": st.integers(-3, 5)},
     optional={"class_name": st.text(max_size=8) | json_values},
 )
-manifest_lines = st.one_of(good_records.map(json.dumps), good_records.map(json.dumps), manifest_records.map(json.dumps),
-                           json_values.map(json.dumps), st.text(max_size=40))
+manifest_lines = st.one_of(
+    good_records.map(json.dumps),
+    good_records.map(json.dumps),
+    manifest_records.map(json.dumps),
+    json_values.map(json.dumps),
+    st.text(max_size=40),
+)
 manifest_texts = st.lists(manifest_lines, max_size=6).map("\n".join) | st.text()
 
 
@@ -107,8 +131,9 @@ def test_benchmark_manifests_parse_or_raise_value_error(folder, text):
         assert not record["path"].startswith("/") and ".." not in record["path"].split("/")
 
 
-list_lines = st.one_of(st.tuples(paths, st.integers() | st.text(max_size=5)).map(lambda t: f"{t[0]} {t[1]}"),
-                       paths, st.text(max_size=30))
+list_lines = st.one_of(
+    st.tuples(paths, st.integers() | st.text(max_size=5)).map(lambda t: f"{t[0]} {t[1]}"), paths, st.text(max_size=30)
+)
 
 
 @FUZZ
@@ -127,8 +152,15 @@ def test_image_lists_parse_or_raise_value_error(folder, text):
 
 # ---------------------------------------------------------------- config files
 
-CONFIG_CLASSES = [MiningConfig, NegLabelConfig, InpaintConfig, GuidanceConfig, SynthesisConfig, AdapterConfig,
-                  LabelTuneConfig]
+CONFIG_CLASSES = [
+    MiningConfig,
+    NegLabelConfig,
+    InpaintConfig,
+    GuidanceConfig,
+    SynthesisConfig,
+    AdapterConfig,
+    LabelTuneConfig,
+]
 
 
 def _field_values(cls):
@@ -151,10 +183,22 @@ def test_config_mappings_build_a_valid_config_or_raise_value_or_type_error(cls_v
 
 
 @FUZZ
-@given(st.sampled_from([".json", ".toml"]), st.sampled_from(CONFIG_CLASSES),
-       st.text() | _field_values(MiningConfig).map(json.dumps) | st.sampled_from([
-           "fraction = 0.5", "[corpus]\nlemmas = 'all'", "percentile = inf", "seed = 1e3", "rounds = -1\n", "x = [",
-       ]))
+@given(
+    st.sampled_from([".json", ".toml"]),
+    st.sampled_from(CONFIG_CLASSES),
+    st.text()
+    | _field_values(MiningConfig).map(json.dumps)
+    | st.sampled_from(
+        [
+            "fraction = 0.5",
+            "[corpus]\nlemmas = 'all'",
+            "percentile = inf",
+            "seed = 1e3",
+            "rounds = -1\n",
+            "x = [",
+        ]
+    ),
+)
 def test_config_files_parse_or_raise_value_or_type_error(folder, suffix, cls, text):
     path = folder / f"config{suffix}"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -169,11 +213,27 @@ def test_config_files_parse_or_raise_value_or_type_error(folder, suffix, cls, te
 
 
 @FUZZ
-@given(st.text() | json_values.map(json.dumps) | st.fixed_dictionaries(
-    {"labels": st.lists(st.fixed_dictionaries({}, optional={"word": json_values, "pos": json_values,
-                                                            "prompt": json_values,
-                                                            "percentile_similarity": json_values}), max_size=3)},
-    optional={"provenance": json_values}).map(json.dumps))
+@given(
+    st.text()
+    | json_values.map(json.dumps)
+    | st.fixed_dictionaries(
+        {
+            "labels": st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "word": json_values,
+                        "pos": json_values,
+                        "prompt": json_values,
+                        "percentile_similarity": json_values,
+                    },
+                ),
+                max_size=3,
+            )
+        },
+        optional={"provenance": json_values},
+    ).map(json.dumps)
+)
 def test_negative_label_files_load_or_raise_value_error(folder, text):
     path = folder / "negatives.json"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -185,8 +245,12 @@ def test_negative_label_files_load_or_raise_value_error(folder, text):
 
 
 @FUZZ
-@given(st.binary() | st.lists(json_values.map(json.dumps) | st.text(max_size=20), max_size=6).map(
-    lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")))
+@given(
+    st.binary()
+    | st.lists(json_values.map(json.dumps) | st.text(max_size=20), max_size=6).map(
+        lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")
+    )
+)
 def test_jsonl_and_synthesis_records_never_raise(folder, data):
     (folder / "records-0.jsonl").write_bytes(data)
     records, problems = read_jsonl(folder / "records-0.jsonl")
@@ -203,8 +267,11 @@ def test_checkpoints_load_or_raise_value_error(folder, content):
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:  # a real safetensors file with arbitrary metadata
-        save_file({"tuned_neg_text": torch.zeros(1, 4), "tuned_index": torch.zeros(1, dtype=torch.long)}, str(path),
-                  metadata={"negative_words": content[0], "extra": content[1]})
+        save_file(
+            {"tuned_neg_text": torch.zeros(1, 4), "tuned_index": torch.zeros(1, dtype=torch.long)},
+            str(path),
+            metadata={"negative_words": content[0], "extra": content[1]},
+        )
     try:
         loaded = load_finetune(path, ["a"])
     except ValueError:

@@ -94,13 +94,16 @@ def test_guided_refinement_on_the_gpu_follows_the_cpu(images, scenes):
         pipe.set_progress_bar_config(disable=True)
         scorer = classifier_scorer(load_classifier("miniworld", device=device))
         guidance = GuidanceConfig(rounds=2, target=boundary_target(scorer, images.to(device)))
-        finals[device] = refine(pipe, images[:4], prompts, scorer, guidance, config,
-                                generator=torch.Generator().manual_seed(11))
+        finals[device] = refine(
+            pipe, images[:4], prompts, scorer, guidance, config, generator=torch.Generator().manual_seed(11)
+        )
     a, b = finals["cpu"], finals["cuda"]
     assert b.image.device.type == "cpu" and b.image.shape == a.image.shape and torch.isfinite(b.score).all()
     diff = (a.image - b.image).abs().mean()
-    print(f"refined images: mean abs pixel difference cpu/cuda {diff:.2e}; scores cpu {a.score.tolist()} "
-          f"cuda {b.score.tolist()}")
+    print(
+        f"refined images: mean abs pixel difference cpu/cuda {diff:.2e}; scores cpu {a.score.tolist()} "
+        f"cuda {b.score.tolist()}"
+    )
     assert diff < 0.02
     torch.testing.assert_close(b.score, a.score, rtol=0.05, atol=0.05)
 

@@ -58,12 +58,15 @@ def _png(path: Path, side: int = 10) -> None:
     Image.new("RGB", (side, side), (1, 2, 3)).save(path)
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("a.png 1000001", r"list.txt:1: label 1000001 is out of range"),
-    ("a.png -2", r"list.txt:1: label -2 is out of range"),
-    ("/etc/passwd 0", r"list.txt:1: absolute path '/etc/passwd' refused"),
-    ("../outside.png 0", r"list.txt:1: .*path traversal"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("a.png 1000001", r"list.txt:1: label 1000001 is out of range"),
+        ("a.png -2", r"list.txt:1: label -2 is out of range"),
+        ("/etc/passwd 0", r"list.txt:1: absolute path '/etc/passwd' refused"),
+        ("../outside.png 0", r"list.txt:1: .*path traversal"),
+    ],
+)
 def test_image_list_lines_with_bad_labels_or_escaping_paths_are_refused(tmp_path, line, message):
     _png(tmp_path / "data" / "a.png")
     (tmp_path / "list.txt").write_text(f"{line}\n")
@@ -80,16 +83,22 @@ def _manifest(tmp_path: Path, records: list) -> Path:
 GOOD = {"id": "a", "path": "img/a.png", "split": "train", "label": 0, "class_name": "dog"}
 
 
-@pytest.mark.parametrize(("record", "message"), [
-    ('{"id": "a", "path": "img/a.png", "split": "tr', r"manifest.jsonl:2: malformed manifest record \(JSONDecodeError"),
-    ({**GOOD, "label": "dog"}, r"manifest.jsonl:2: .*label 'dog' is not an integer"),
-    ({**GOOD, "label": 1.5}, r"manifest.jsonl:2: .*label 1.5 is not an integer"),
-    ({**GOOD, "label": 10**9}, r"manifest.jsonl:2: .*label 1000000000 is out of range"),
-    ({**GOOD, "class_name": ["dog"]}, r"manifest.jsonl:2: .*class_name must be a string"),
-    ({**GOOD, "path": "/etc/passwd"}, r"manifest.jsonl:2: .*absolute path '/etc/passwd' refused"),
-    ({**GOOD, "path": "img/../../x.png"}, r"manifest.jsonl:2: .*path traversal"),
-    ([1, 2], r"manifest.jsonl:2: malformed manifest record \(TypeError"),
-])
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (
+            '{"id": "a", "path": "img/a.png", "split": "tr',
+            r"manifest.jsonl:2: malformed manifest record \(JSONDecodeError",
+        ),
+        ({**GOOD, "label": "dog"}, r"manifest.jsonl:2: .*label 'dog' is not an integer"),
+        ({**GOOD, "label": 1.5}, r"manifest.jsonl:2: .*label 1.5 is not an integer"),
+        ({**GOOD, "label": 10**9}, r"manifest.jsonl:2: .*label 1000000000 is out of range"),
+        ({**GOOD, "class_name": ["dog"]}, r"manifest.jsonl:2: .*class_name must be a string"),
+        ({**GOOD, "path": "/etc/passwd"}, r"manifest.jsonl:2: .*absolute path '/etc/passwd' refused"),
+        ({**GOOD, "path": "img/../../x.png"}, r"manifest.jsonl:2: .*path traversal"),
+        ([1, 2], r"manifest.jsonl:2: malformed manifest record \(TypeError"),
+    ],
+)
 def test_image_set_manifest_records_that_are_malformed_are_refused_with_file_and_line(tmp_path, record, message):
     path = _manifest(tmp_path, [{**GOOD, "id": "z"}, record])
     with pytest.raises(ValueError, match=message):
@@ -107,14 +116,17 @@ def test_a_manifest_that_is_not_utf8_is_refused(tmp_path):
         ImageSet.from_manifest(tmp_path / "manifest.jsonl", "train")
 
 
-@pytest.mark.parametrize(("record", "message"), [
-    ("not json", r"manifest.jsonl:2: malformed manifest record \(JSONDecodeError"),
-    ({"id": "b", "path": "x.png", "label": 0}, r"manifest.jsonl:2: .*missing key\(s\) \['split'\]"),
-    ({**GOOD, "path": "../../etc/passwd"}, r"manifest.jsonl:2: .*path traversal"),
-    ({**GOOD, "path": "/etc/passwd"}, r"manifest.jsonl:2: .*path traversal"),
-    ({**GOOD, "path": 7}, r"manifest.jsonl:2: .*path 7 is not a relative file path"),
-    ('"just a string"', r"manifest.jsonl:2: .*expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ("not json", r"manifest.jsonl:2: malformed manifest record \(JSONDecodeError"),
+        ({"id": "b", "path": "x.png", "label": 0}, r"manifest.jsonl:2: .*missing key\(s\) \['split'\]"),
+        ({**GOOD, "path": "../../etc/passwd"}, r"manifest.jsonl:2: .*path traversal"),
+        ({**GOOD, "path": "/etc/passwd"}, r"manifest.jsonl:2: .*path traversal"),
+        ({**GOOD, "path": 7}, r"manifest.jsonl:2: .*path 7 is not a relative file path"),
+        ('"just a string"', r"manifest.jsonl:2: .*expected a JSON object"),
+    ],
+)
 def test_benchmark_manifest_lines_that_are_malformed_or_escape_are_refused(tmp_path, record, message):
     from synood_kit.miniworld.benchmark import read_manifest
 
@@ -137,18 +149,21 @@ def test_benchmark_manifest_missing_or_unknown_split_is_named(tmp_path):
 # ---------------------------------------------------------------- config files
 
 
-@pytest.mark.parametrize(("name", "text", "error", "message"), [
-    ("run.json", '{"fraction": 0.2,', ValueError, r"run.json is not valid JSON \(JSONDecodeError"),
-    ("run.toml", "fraction = = 2", ValueError, r"run.toml is not valid TOML \(TOMLDecodeError"),
-    ("run.json", '{"fractoin": 0.2}', ValueError, r"unknown MiningConfig field\(s\) \['fractoin'\]; known fields"),
-    ("run.json", '{"fraction": "lots"}', TypeError, r"run.json.fraction: expected float .*got 'lots'"),
-    ("run.json", '{"fraction": 0}', ValueError, r"run.json: MiningConfig.fraction must be in \(0, 1\], got 0"),
-    ("run.toml", "percentile = nan", ValueError, r"MiningConfig.percentile must be in \[0, 100\], got nan"),
-    ("run.json", '{"corpus": {"lemmas": "some"}}', ValueError, r"run.json.corpus: CorpusConfig.lemmas must be"),
-    ("run.json", '{"corpus": 3}', TypeError, r"run.json.corpus: expected CorpusConfig"),
-    ("run.json", "[1, 2]", TypeError, r"run.json: expected a mapping of MiningConfig fields, got list"),
-    ("run.yaml", "fraction: 0.2", ValueError, r"expected a .json or .toml config file, got suffix '.yaml'"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "error", "message"),
+    [
+        ("run.json", '{"fraction": 0.2,', ValueError, r"run.json is not valid JSON \(JSONDecodeError"),
+        ("run.toml", "fraction = = 2", ValueError, r"run.toml is not valid TOML \(TOMLDecodeError"),
+        ("run.json", '{"fractoin": 0.2}', ValueError, r"unknown MiningConfig field\(s\) \['fractoin'\]; known fields"),
+        ("run.json", '{"fraction": "lots"}', TypeError, r"run.json.fraction: expected float .*got 'lots'"),
+        ("run.json", '{"fraction": 0}', ValueError, r"run.json: MiningConfig.fraction must be in \(0, 1\], got 0"),
+        ("run.toml", "percentile = nan", ValueError, r"MiningConfig.percentile must be in \[0, 100\], got nan"),
+        ("run.json", '{"corpus": {"lemmas": "some"}}', ValueError, r"run.json.corpus: CorpusConfig.lemmas must be"),
+        ("run.json", '{"corpus": 3}', TypeError, r"run.json.corpus: expected CorpusConfig"),
+        ("run.json", "[1, 2]", TypeError, r"run.json: expected a mapping of MiningConfig fields, got list"),
+        ("run.yaml", "fraction: 0.2", ValueError, r"expected a .json or .toml config file, got suffix '.yaml'"),
+    ],
+)
 def test_malformed_config_files_are_refused_naming_the_file_and_field(tmp_path, name, text, error, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(error, match=message):
@@ -156,8 +171,9 @@ def test_malformed_config_files_are_refused_naming_the_file_and_field(tmp_path, 
 
 
 def test_a_good_config_file_maps_onto_the_dataclasses(tmp_path):
-    (tmp_path / "run.toml").write_text('[mining]\nfraction = 0.2\npercentile = 90\n[mining.corpus]\n'
-                                       'extra_words = [["zebra", "noun"]]\n')
+    (tmp_path / "run.toml").write_text(
+        '[mining]\nfraction = 0.2\npercentile = 90\n[mining.corpus]\nextra_words = [["zebra", "noun"]]\n'
+    )
     config = read_config(tmp_path / "run.toml", MiningConfig, section="mining")
     assert config == MiningConfig(fraction=0.2, percentile=90.0, corpus=CorpusConfig(extra_words=(("zebra", "noun"),)))
     with pytest.raises(ValueError, match="has no section 'scoring'"):
@@ -169,36 +185,41 @@ def test_a_good_config_file_maps_onto_the_dataclasses(tmp_path):
 # ---------------------------------------------------------------- out-of-range parameters
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda: InpaintConfig(strength=0.0), r"strength must be in \(0, 1\], got 0.0"),
-    (lambda: InpaintConfig(strength=1.5), r"strength must be in \(0, 1\], got 1.5"),
-    (lambda: InpaintConfig(strength=math.nan), r"strength must be in \(0, 1\], got nan"),
-    (lambda: InpaintConfig(num_inference_steps=-3), r"num_inference_steps must be an integer >= 1, got -3"),
-    (lambda: InpaintConfig(num_inference_steps=0), r"num_inference_steps must be an integer >= 1, got 0"),
-    (lambda: InpaintConfig(guidance_scale=-1.0), r"guidance_scale must be a finite number >= 0, got -1.0"),
-    (lambda: InpaintConfig(prompt_template="no slot"), r"prompt_template needs one '\{context\}'"),
-    (lambda: GuidanceConfig(rounds=-1), r"rounds must be an integer >= 0 \(0: the unguided baseline\), got -1"),
-    (lambda: GuidanceConfig(rounds=0, official_rounds=True), r"official_rounds needs rounds >= 1"),
-    (lambda: GuidanceConfig(step_size=-1.0), r"step_size must be a finite number >= 0, got -1.0"),
-    (lambda: GuidanceConfig(step_size=math.inf), r"step_size must be a finite number >= 0, got inf"),
-    (lambda: GuidanceConfig(target=math.nan), r"target must be None or a finite number, got nan"),
-    (lambda: GuidanceConfig(normalize="l2"), r"normalize must be 'none', 'unit' or 'clip', got 'l2'"),
-    (lambda: GuidanceConfig(clip_value=0.0), r"clip_value must be a finite number > 0, got 0.0"),
-    (lambda: SynthesisConfig(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
-    (lambda: AdapterConfig(epochs=0), r"AdapterConfig.epochs must be an integer >= 1, got 0"),
-    (lambda: AdapterConfig(lr=-1e-3), r"AdapterConfig.lr must be a finite number > 0, got -0.001"),
-    (lambda: AdapterConfig(lr=math.nan), r"AdapterConfig.lr must be a finite number > 0, got nan"),
-    (lambda: LabelTuneConfig(batch_size=0), r"LabelTuneConfig.batch_size must be an integer >= 1, got 0"),
-    (lambda: LabelTuneConfig(momentum=-0.5), r"LabelTuneConfig.momentum must be a finite number >= 0, got -0.5"),
-    (lambda: MiningConfig(fraction=1.5), r"MiningConfig.fraction must be in \(0, 1\], got 1.5"),
-    (lambda: MiningConfig(percentile=101.0), r"MiningConfig.percentile must be in \[0, 100\], got 101.0"),
-    (lambda: MiningConfig(text_batch_size=0), r"MiningConfig.text_batch_size must be >= 1, got 0"),
-    (lambda: NegLabelConfig(temperature=0.0), r"NegLabelConfig.temperature must be a finite number > 0, got 0.0"),
-    (lambda: NegLabelConfig(n_groups=0), r"NegLabelConfig.n_groups must be None or an integer >= 1, got 0"),
-    (lambda: CorpusConfig(parts_of_speech=("verb",)), r"parts_of_speech must be a non-empty subset"),
-    (lambda: boundary_target(lambda x: x.mean((1, 2, 3)), torch.rand(4, 3, 8, 8), quantile=0.0),
-     r"quantile must be in \(0, 1\), got 0.0"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: InpaintConfig(strength=0.0), r"strength must be in \(0, 1\], got 0.0"),
+        (lambda: InpaintConfig(strength=1.5), r"strength must be in \(0, 1\], got 1.5"),
+        (lambda: InpaintConfig(strength=math.nan), r"strength must be in \(0, 1\], got nan"),
+        (lambda: InpaintConfig(num_inference_steps=-3), r"num_inference_steps must be an integer >= 1, got -3"),
+        (lambda: InpaintConfig(num_inference_steps=0), r"num_inference_steps must be an integer >= 1, got 0"),
+        (lambda: InpaintConfig(guidance_scale=-1.0), r"guidance_scale must be a finite number >= 0, got -1.0"),
+        (lambda: InpaintConfig(prompt_template="no slot"), r"prompt_template needs one '\{context\}'"),
+        (lambda: GuidanceConfig(rounds=-1), r"rounds must be an integer >= 0 \(0: the unguided baseline\), got -1"),
+        (lambda: GuidanceConfig(rounds=0, official_rounds=True), r"official_rounds needs rounds >= 1"),
+        (lambda: GuidanceConfig(step_size=-1.0), r"step_size must be a finite number >= 0, got -1.0"),
+        (lambda: GuidanceConfig(step_size=math.inf), r"step_size must be a finite number >= 0, got inf"),
+        (lambda: GuidanceConfig(target=math.nan), r"target must be None or a finite number, got nan"),
+        (lambda: GuidanceConfig(normalize="l2"), r"normalize must be 'none', 'unit' or 'clip', got 'l2'"),
+        (lambda: GuidanceConfig(clip_value=0.0), r"clip_value must be a finite number > 0, got 0.0"),
+        (lambda: SynthesisConfig(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
+        (lambda: AdapterConfig(epochs=0), r"AdapterConfig.epochs must be an integer >= 1, got 0"),
+        (lambda: AdapterConfig(lr=-1e-3), r"AdapterConfig.lr must be a finite number > 0, got -0.001"),
+        (lambda: AdapterConfig(lr=math.nan), r"AdapterConfig.lr must be a finite number > 0, got nan"),
+        (lambda: LabelTuneConfig(batch_size=0), r"LabelTuneConfig.batch_size must be an integer >= 1, got 0"),
+        (lambda: LabelTuneConfig(momentum=-0.5), r"LabelTuneConfig.momentum must be a finite number >= 0, got -0.5"),
+        (lambda: MiningConfig(fraction=1.5), r"MiningConfig.fraction must be in \(0, 1\], got 1.5"),
+        (lambda: MiningConfig(percentile=101.0), r"MiningConfig.percentile must be in \[0, 100\], got 101.0"),
+        (lambda: MiningConfig(text_batch_size=0), r"MiningConfig.text_batch_size must be >= 1, got 0"),
+        (lambda: NegLabelConfig(temperature=0.0), r"NegLabelConfig.temperature must be a finite number > 0, got 0.0"),
+        (lambda: NegLabelConfig(n_groups=0), r"NegLabelConfig.n_groups must be None or an integer >= 1, got 0"),
+        (lambda: CorpusConfig(parts_of_speech=("verb",)), r"parts_of_speech must be a non-empty subset"),
+        (
+            lambda: boundary_target(lambda x: x.mean((1, 2, 3)), torch.rand(4, 3, 8, 8), quantile=0.0),
+            r"quantile must be in \(0, 1\), got 0.0",
+        ),
+    ],
+)
 def test_out_of_range_parameters_are_refused_naming_the_value(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -235,8 +256,14 @@ def test_unknown_model_names_and_missing_weights_are_named(tmp_path):
 def clf_folder(tmp_path):
     torch.manual_seed(0)
     kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 5}
-    return save_classifier_folder(build_classifier("resnet", kw), "resnet", kw, list("abcde"), tmp_path / "clf",
-                                  {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+    return save_classifier_folder(
+        build_classifier("resnet", kw),
+        "resnet",
+        kw,
+        list("abcde"),
+        tmp_path / "clf",
+        {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
 
 
 def _edit_config(folder: Path, **changes) -> None:
@@ -249,7 +276,9 @@ def test_classifier_folders_whose_weights_or_labels_do_not_fit_are_refused(clf_f
     _edit_config(clf_folder, kwargs={"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 7})
     with pytest.raises(ValueError, match=r"(?s)model.safetensors does not fit the architecture .*size mismatch"):
         load_classifier(str(clf_folder))
-    _edit_config(clf_folder, kwargs={"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 5}, class_names=["a", "b"])
+    _edit_config(
+        clf_folder, kwargs={"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 5}, class_names=["a", "b"]
+    )
     with pytest.raises(ValueError, match="names 2 classes but the model has 5 outputs"):
         load_classifier(str(clf_folder))
     (clf_folder / "classifier_config.json").write_text('{"arch": "resnet"')
@@ -275,8 +304,9 @@ def test_finetune_checkpoints_of_other_shapes_or_files_are_refused(tmp_path):
         load_finetune(path, WORDS, dim=32)
     with pytest.raises(ValueError, match=r"another negative-label list \(8 vs 7 labels"):
         load_finetune(path, WORDS[:7])
-    bad_index = save_finetune(tmp_path / "idx.safetensors", WORDS, tuned_neg_text=torch.randn(2, 16),
-                              tuned_index=torch.tensor([1, 8]))
+    bad_index = save_finetune(
+        tmp_path / "idx.safetensors", WORDS, tuned_neg_text=torch.randn(2, 16), tuned_index=torch.tensor([1, 8])
+    )
     with pytest.raises(ValueError, match=r"tuned_index must hold 2 rows in \[0, 8\)"):
         load_finetune(bad_index, WORDS)
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
@@ -323,14 +353,19 @@ def pipe(tmp_path_factory):
     from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
 
     tok = build_tokenizer()
-    folder = export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("p"),
-                             fp16=False)
+    folder = export_pipeline(
+        build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("p"), fp16=False
+    )
     return fault_workers.load_pipe(folder)
 
 
-CONFIG = SynthesisConfig(inpaint=InpaintConfig(num_inference_steps=4, guidance_scale=2.0),
-                         guidance=GuidanceConfig(rounds=1, target=0.0, step_size=0.5, normalize="unit"),
-                         scorer="mean-brightness", seed=1, batch_size=2)
+CONFIG = SynthesisConfig(
+    inpaint=InpaintConfig(num_inference_steps=4, guidance_scale=2.0),
+    guidance=GuidanceConfig(rounds=1, target=0.0, step_size=0.5, normalize="unit"),
+    scorer="mean-brightness",
+    seed=1,
+    batch_size=2,
+)
 
 
 def _brightness(images):
@@ -339,8 +374,10 @@ def _brightness(images):
 
 def _good_sources(n):
     g = torch.Generator().manual_seed(0)
-    return [SynthesisSource(f"ok{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.")
-            for i in range(n)]
+    return [
+        SynthesisSource(f"ok{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.")
+        for i in range(n)
+    ]
 
 
 def test_bad_synthesis_sources_are_skipped_and_recorded_and_the_rest_goes_on(pipe, tmp_path):
@@ -371,16 +408,25 @@ def test_bad_synthesis_sources_are_skipped_and_recorded_and_the_rest_goes_on(pip
     # the good sources come out as a run of them alone would make them; a rerun records nothing twice
     list(synthesize(pipe, good, _brightness, tmp_path / "alone", CONFIG, progress=False))
     for s in good:
-        assert (tmp_path / "mixed" / "images" / f"{s.id}.png").read_bytes() == \
-            (tmp_path / "alone" / "images" / f"{s.id}.png").read_bytes()
+        assert (tmp_path / "mixed" / "images" / f"{s.id}.png").read_bytes() == (
+            tmp_path / "alone" / "images" / f"{s.id}.png"
+        ).read_bytes()
     assert list(synthesize(pipe, sources, _brightness, tmp_path / "mixed", CONFIG, progress=False)) == []
     assert len((tmp_path / "mixed" / "skipped.jsonl").read_text().splitlines()) == len(bad)
 
 
 def test_a_synthesis_with_no_usable_source_is_an_error(pipe, tmp_path):
     with pytest.raises(ValueError, match="no source can be synthesised; first problems: .*'x': 'image holds NaN"):
-        list(synthesize(pipe, [SynthesisSource("x", torch.full((3, 32, 32), math.nan), "p")], _brightness, tmp_path,
-                        CONFIG, progress=False))
+        list(
+            synthesize(
+                pipe,
+                [SynthesisSource("x", torch.full((3, 32, 32), math.nan), "p")],
+                _brightness,
+                tmp_path,
+                CONFIG,
+                progress=False,
+            )
+        )
 
 
 def test_nan_and_inf_guidance_steps_are_rejected_recorded_and_the_run_goes_on(pipe, tmp_path):
@@ -449,11 +495,17 @@ def test_every_weights_file_the_kit_writes_is_safetensors(tiny_clip, tiny_clip_d
     from synood_kit.finetune_run import run_finetune
 
     _png(tmp_path / "imgs" / "a.png")
-    image_features(tiny_clip, ImageSet.from_folder(tmp_path / "imgs", labelled=False), cache_root=tmp_path / "cache",
-                   progress=False)
+    image_features(
+        tiny_clip,
+        ImageSet.from_folder(tmp_path / "imgs", labelled=False),
+        cache_root=tmp_path / "cache",
+        progress=False,
+    )
     text_features(tiny_clip, ["a dog"], cache_root=tmp_path / "cache", progress=False)
     words, data = fault_workers.finetune_inputs()
-    run_finetune(tmp_path / "ft", words, *data, adapter_config=AdapterConfig(epochs=1), label_config=LabelTuneConfig(epochs=1))
+    run_finetune(
+        tmp_path / "ft", words, *data, adapter_config=AdapterConfig(epochs=1), label_config=LabelTuneConfig(epochs=1)
+    )
     written = [p for p in [*tmp_path.rglob("*"), *clf_folder.rglob("*"), *tiny_clip_dir.rglob("*")] if p.is_file()]
     data_files = [p for p in written if p.suffix not in (".json", ".jsonl", ".png") and p.name != ".lock"]
     assert {p.suffix for p in data_files} == {".safetensors"}
@@ -469,8 +521,14 @@ def test_model_code_shipped_in_a_folder_is_refused_unless_trusted(tmp_path, monk
     marker = tmp_path / "pwned"
     folder = tmp_path / "remote"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForImageTextToText": "evil.Evil"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForImageTextToText": "evil.Evil"},
+            }
+        )
+    )
     (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     with pytest.raises(ValueError, match=r"config.json asks to run the folder's own Python code \(auto_map\); refused"):
         load_mllm(folder)
@@ -526,9 +584,19 @@ class _ChatHandler(http.server.BaseHTTPRequestHandler):
         if status != 200:
             body = {"error": {"message": "invalid api key", "type": "invalid_request_error"}}
         else:
-            body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
-                                                                                  "content": "red background, dots"}}]}
+            body = {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "red background, dots"},
+                    }
+                ],
+            }
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -562,8 +630,16 @@ def test_the_endpoint_api_key_never_appears_in_records_or_logs(tmp_path, monkeyp
     assert _ChatHandler.seen_auth[0] == f"Bearer {secret}"  # the key was sent to the endpoint, and only there
     out = capsys.readouterr()
     assert "chat/completions" in caplog.text  # the client's request logs were captured
-    for text in ((tmp_path / "contexts.jsonl").read_text(), caplog.text, out.out, out.err, backend.name,
-                 repr(backend), str(refused.value), repr(refused.value)):
+    for text in (
+        (tmp_path / "contexts.jsonl").read_text(),
+        caplog.text,
+        out.out,
+        out.err,
+        backend.name,
+        repr(backend),
+        str(refused.value),
+        repr(refused.value),
+    ):
         assert secret not in text
 
 
@@ -575,13 +651,17 @@ def test_an_image_the_endpoint_rejects_is_recorded_as_a_fallback_and_the_batch_g
     _ChatHandler.next_statuses = [200, 400, 200]  # the second image is refused (e.g. unreadable for the server)
     try:
         backend = OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", timeout=10)
-        rows = prompt_contexts(backend, [(f"img{i}", torch.rand(3, 16, 16)) for i in range(3)], tmp_path / "c.jsonl",
-                               progress=False)
+        rows = prompt_contexts(
+            backend, [(f"img{i}", torch.rand(3, 16, 16)) for i in range(3)], tmp_path / "c.jsonl", progress=False
+        )
     finally:
         _ChatHandler.next_statuses = []
         server.shutdown()
     assert [r["fallback"] for r in rows] == [None, "empty reply", None]
-    assert rows[1]["prompt"] == "A photo only remain the background." and rows[2]["context"] == ["red background", "dots"]
+    assert rows[1]["prompt"] == "A photo only remain the background." and rows[2]["context"] == [
+        "red background",
+        "dots",
+    ]
 
 
 def test_every_row_of_the_hardening_table_names_a_test_that_exists():
@@ -590,8 +670,11 @@ def test_every_row_of_the_hardening_table_names_a_test_that_exists():
 
     root = Path(__file__).resolve().parents[1]
     table = (root / "docs" / "hardening.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| input", "| fault",
-                                                                                                  "| parser", "|---"))]
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith(("| input", "| fault", "| parser", "|---"))
+    ]
     refs = set(re.findall(r"tests/(\w+\.py)::(\w+)", table))
     assert len(rows) >= 100 and len(refs) >= 80
     for file, name in refs:

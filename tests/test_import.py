@@ -23,9 +23,7 @@ def test_import_synood_kit_is_fast():
     assert best < 1.0, f"`import synood_kit` took {best:.2f} s (best of 3)"
 
 
-@pytest.mark.parametrize(
-    "module", ["synood_kit", "synood_kit.metrics", "synood_kit.storage", "synood_kit.config"]
-)
+@pytest.mark.parametrize("module", ["synood_kit", "synood_kit.metrics", "synood_kit.storage", "synood_kit.config"])
 def test_import_does_not_load_torch(module):
     heavy = ("torch", "open_clip", "diffusers", "transformers", "umap", "sklearn")
     _, out = _run(f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))")

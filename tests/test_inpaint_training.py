@@ -30,7 +30,13 @@ def _load(folder):
 
 
 def test_smoke_run_exports_a_loadable_inpainting_pipeline(smoke_folder):
-    for part in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json"):
+    for part in (
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "tokenizer/tokenizer.json",
+    ):
         assert (smoke_folder / part).is_file(), part
     assert list(smoke_folder.rglob("*.safetensors")), "weights must be safetensors"
     pipe = _load(smoke_folder)
@@ -40,14 +46,28 @@ def test_smoke_run_exports_a_loadable_inpainting_pipeline(smoke_folder):
     image = torch.rand(2, 3, 32, 32)
     g = torch.Generator().manual_seed(0)
     full = pipe(
-        prompt=[removal_prompt(["teal background", "stripes"])] * 2, image=image, mask_image=torch.ones(2, 1, 32, 32),
-        height=32, width=32, strength=0.6, num_inference_steps=4, guidance_scale=8.0, generator=g, output_type="pt",
+        prompt=[removal_prompt(["teal background", "stripes"])] * 2,
+        image=image,
+        mask_image=torch.ones(2, 1, 32, 32),
+        height=32,
+        width=32,
+        strength=0.6,
+        num_inference_steps=4,
+        guidance_scale=8.0,
+        generator=g,
+        output_type="pt",
     ).images
     box = torch.zeros(1, 1, 32, 32)
     box[..., 8:24, 8:24] = 1
     boxed = pipe(
-        prompt="a red circle on a navy background", image=image[:1], mask_image=box, height=32, width=32,
-        num_inference_steps=3, generator=g, output_type="pt",
+        prompt="a red circle on a navy background",
+        image=image[:1],
+        mask_image=box,
+        height=32,
+        width=32,
+        num_inference_steps=3,
+        generator=g,
+        output_type="pt",
     ).images
     assert full.shape == (2, 3, 32, 32) and boxed.shape == (1, 3, 32, 32)
     assert torch.isfinite(full).all() and full.min() >= 0 and full.max() <= 1
@@ -96,7 +116,9 @@ def test_probes_train_validate_and_round_trip(tmp_path):
 def test_inpaint_quality_reports_both_settings_and_a_grid(smoke_folder):
     net = probes_mod.ProbeNet().eval()
     validation = {"usable": list(probes_mod.HEADS)}  # pretend: the tiny test probe is not validated
-    metrics, grid = probes_mod.inpaint_quality(_load(smoke_folder), net, validation, n=2, steps=3, batch=2, grid_rows=2, progress=False)
+    metrics, grid = probes_mod.inpaint_quality(
+        _load(smoke_folder), net, validation, n=2, steps=3, batch=2, grid_rows=2, progress=False
+    )
     assert set(metrics["synood"]) >= {"removed_or_changed", "pattern_kept", "removed_or_changed_and_pattern_kept"}
     assert set(metrics["box"]) >= {"mae_outside_box_raw", "prompted_subject_present"}
     assert grid.shape == (4 * 32 * 4, 4 * 32 * 4, 3) and grid.dtype == np.uint8
@@ -110,9 +132,14 @@ def test_shipped_pipeline_loads_offline_within_budget():
     assert sizes <= 12 * 2**20
     pipe = _load(ASSET)
     out = pipe(
-        prompt=removal_prompt(["teal background", "stripes"]), image=torch.rand(1, 3, 32, 32),
-        mask_image=torch.ones(1, 1, 32, 32), height=32, width=32, strength=0.6, num_inference_steps=4,
-        generator=torch.Generator().manual_seed(0), output_type="pt",
+        prompt=removal_prompt(["teal background", "stripes"]),
+        image=torch.rand(1, 3, 32, 32),
+        mask_image=torch.ones(1, 1, 32, 32),
+        height=32,
+        width=32,
+        strength=0.6,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
     ).images
     assert out.shape == (1, 3, 32, 32)
-

@@ -33,8 +33,14 @@ def clf(tmp_path_factory):
     torch.manual_seed(0)
     kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 5}
     folder = tmp_path_factory.mktemp("clf")
-    save_classifier_folder(build_classifier("resnet", kw), "resnet", kw, list("abcde"), folder,
-                           {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+    save_classifier_folder(
+        build_classifier("resnet", kw),
+        "resnet",
+        kw,
+        list("abcde"),
+        folder,
+        {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
     return load_classifier(str(folder))
 
 
@@ -53,8 +59,17 @@ def test_prompt_uses_the_official_template_and_truncation():
 
 def test_steps_have_the_documented_count_shapes_and_cost(pipe, clf, images):
     scorer = classifier_scorer(clf)
-    steps = list(refine_steps(pipe, images, PROMPTS, scorer, GuidanceConfig(rounds=2, target=0.0, step_size=0.1),
-                              FAST, generator=torch.Generator().manual_seed(0)))
+    steps = list(
+        refine_steps(
+            pipe,
+            images,
+            PROMPTS,
+            scorer,
+            GuidanceConfig(rounds=2, target=0.0, step_size=0.1),
+            FAST,
+            generator=torch.Generator().manual_seed(0),
+        )
+    )
     assert [s.round for s in steps] == [0, 1, 2]  # 2 updates, then the generation they shape
     for s in steps:
         assert s.image.shape == images.shape and s.image.min() >= 0.0 and s.image.max() <= 1.0
@@ -63,8 +78,17 @@ def test_steps_have_the_documented_count_shapes_and_cost(pipe, clf, images):
     assert steps[0].grad is not None and steps[0].grad_magnitude.shape == (2, 32, 32)
     assert steps[-1].grad is None  # no gradient is computed that nothing would use
     assert not torch.equal(steps[0].noise, steps[1].noise)
-    official = list(refine_steps(pipe, images, PROMPTS, scorer, GuidanceConfig(rounds=2, target=0.0, official_rounds=True),
-                                 FAST, generator=torch.Generator().manual_seed(0)))
+    official = list(
+        refine_steps(
+            pipe,
+            images,
+            PROMPTS,
+            scorer,
+            GuidanceConfig(rounds=2, target=0.0, official_rounds=True),
+            FAST,
+            generator=torch.Generator().manual_seed(0),
+        )
+    )
     assert len(official) == 2 and official[-1].grad is not None  # the official last gradient is thrown away
 
 
@@ -82,8 +106,17 @@ def test_a_step_along_the_gradient_lowers_the_loss(pipe, clf, images):
     from synood_kit.inpainting import _decode
 
     scorer = classifier_scorer(clf)
-    step = next(refine_steps(pipe, images, PROMPTS, scorer, GuidanceConfig(rounds=1, target=-10.0), FAST,
-                             generator=torch.Generator().manual_seed(0)))
+    step = next(
+        refine_steps(
+            pipe,
+            images,
+            PROMPTS,
+            scorer,
+            GuidanceConfig(rounds=1, target=-10.0),
+            FAST,
+            generator=torch.Generator().manual_seed(0),
+        )
+    )
 
     def loss(z):
         with torch.no_grad():
@@ -97,8 +130,17 @@ def test_non_finite_gradients_are_rejected_and_recorded(pipe, images):
     def nan_scorer(x):
         return x.mean(dim=(1, 2, 3)) * float("nan")
 
-    steps = list(refine_steps(pipe, images, PROMPTS, nan_scorer, GuidanceConfig(rounds=1, target=0.0), FAST,
-                              generator=torch.Generator().manual_seed(0)))
+    steps = list(
+        refine_steps(
+            pipe,
+            images,
+            PROMPTS,
+            nan_scorer,
+            GuidanceConfig(rounds=1, target=0.0),
+            FAST,
+            generator=torch.Generator().manual_seed(0),
+        )
+    )
     assert steps[0].rejected == (True, True)
     torch.testing.assert_close(steps[1].noise, steps[0].noise)  # the noise was kept
 
@@ -110,7 +152,9 @@ def test_bad_inputs_name_the_problem(pipe, clf, images):
     with pytest.raises(ValueError, match="one prompt per image"):
         next(refine_steps(pipe, images, PROMPTS[:1], scorer, GuidanceConfig(rounds=0), FAST))
     with pytest.raises(ValueError, match="masks"):
-        next(refine_steps(pipe, images, PROMPTS, scorer, GuidanceConfig(rounds=0), FAST, masks=torch.ones(2, 1, 16, 16)))
+        next(
+            refine_steps(pipe, images, PROMPTS, scorer, GuidanceConfig(rounds=0), FAST, masks=torch.ones(2, 1, 16, 16))
+        )
     with pytest.raises(ValueError, match="strength"):
         InpaintConfig(strength=1.5)
     with pytest.raises(ValueError, match="rounds"):

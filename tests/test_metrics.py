@@ -46,12 +46,8 @@ def test_metrics_agree_with_sklearn_on_tied_scores(seed):
     assert aupr_in(id_s, ood_s) == pytest.approx(average_precision_score(y_id, scores), abs=1e-6)
     assert aupr_out(id_s, ood_s) == pytest.approx(average_precision_score(y_ood, -scores), abs=1e-6)
     for tpr in (0.8, 0.95):
-        assert fpr_at_tpr_id_positive(id_s, ood_s, tpr) == pytest.approx(
-            _sk_fpr_at_tpr(y_id, scores, tpr), abs=1e-6
-        )
-        assert fpr_at_tpr_ood_positive(id_s, ood_s, tpr) == pytest.approx(
-            _sk_fpr_at_tpr(y_ood, -scores, tpr), abs=1e-6
-        )
+        assert fpr_at_tpr_id_positive(id_s, ood_s, tpr) == pytest.approx(_sk_fpr_at_tpr(y_id, scores, tpr), abs=1e-6)
+        assert fpr_at_tpr_ood_positive(id_s, ood_s, tpr) == pytest.approx(_sk_fpr_at_tpr(y_ood, -scores, tpr), abs=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -163,9 +159,7 @@ def test_summarize_has_a_row_per_set_and_the_mean_row(three_sets):
             assert row[col] == pytest.approx(value)
         assert row["n_id"] == 400 and row["n_ood"] == ood.size
     cols = list(METRIC_COLUMNS)
-    np.testing.assert_allclose(
-        table.loc["mean", cols].to_numpy(float), table.loc[list(sets), cols].mean().to_numpy()
-    )
+    np.testing.assert_allclose(table.loc["mean", cols].to_numpy(float), table.loc[list(sets), cols].mean().to_numpy())
     assert table.loc["mean", "n_ood"] == 750
     assert not any(c.endswith(("_low", "_high")) for c in table.columns)
     convention = table.attrs["fpr_convention"]

@@ -91,9 +91,7 @@ def test_corpus_options_and_errors(default_corpus):
 def test_percentile_similarity_matches_numpy(percentile):
     rng = np.random.default_rng(0)
     cand, ids = rng.normal(size=(50, 16)), rng.normal(size=(37, 16))
-    cos = (cand / np.linalg.norm(cand, axis=1, keepdims=True)) @ (
-        ids / np.linalg.norm(ids, axis=1, keepdims=True)
-    ).T
+    cos = (cand / np.linalg.norm(cand, axis=1, keepdims=True)) @ (ids / np.linalg.norm(ids, axis=1, keepdims=True)).T
     expected = np.percentile(cos, percentile, axis=1)  # linear interpolation
     got = percentile_similarity(
         torch.tensor(cand, dtype=torch.float32),
@@ -163,8 +161,7 @@ def test_mined_labels_are_ordered_and_are_the_farthest_candidates(mined):
     # The kept words carry their candidate statistic, and no dropped candidate of the same part of speech
     # lies farther from the ID labels than a kept one.
     stat_of = {
-        (w, p): s
-        for w, p, s in zip(res.candidate_words, res.candidate_pos, res.candidate_similarity, strict=True)
+        (w, p): s for w, p, s in zip(res.candidate_words, res.candidate_pos, res.candidate_similarity, strict=True)
     }
     kept = set(zip(labels.words, labels.pos, strict=True))
     for w, p, s in zip(labels.words, labels.pos, stats, strict=True):
@@ -213,9 +210,7 @@ def test_mining_reuses_cached_text_features(mined, tiny_clip):
     stamps = {f: f.stat().st_mtime_ns for f in files}
     # A second run must not encode a single prompt: a text encoder that fails proves it.
     no_encoder = _CountingText(tiny_clip, fail=True)
-    again = mine_negative_labels(
-        no_encoder, IMAGENET, corpus=mined.corpus, cache_root=mined.cache, progress=False
-    )
+    again = mine_negative_labels(no_encoder, IMAGENET, corpus=mined.corpus, cache_root=mined.cache, progress=False)
     assert again.labels.words == mined.result.labels.words
     np.testing.assert_array_equal(again.candidate_similarity, mined.result.candidate_similarity)
     assert sorted((mined.cache / "text_features").glob("*.safetensors")) == files
@@ -244,9 +239,7 @@ def test_text_feature_cache_key_follows_the_prompt(tiny_clip, cache_root):
     assert counting.calls == 3
     assert len(list((cache_root / "text_features").iterdir())) == 3
     assert all(
-        p.startswith("A ")
-        for p, pos in zip(second.labels.prompts, second.labels.pos, strict=True)
-        if pos == "adj"
+        p.startswith("A ") for p, pos in zip(second.labels.prompts, second.labels.pos, strict=True) if pos == "adj"
     )
     assert first.labels.prompts != second.labels.prompts
     # The mined list on the small corpus: int(5 * 0.5) nouns and int(3 * 0.5) adjectives.

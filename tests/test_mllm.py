@@ -22,7 +22,9 @@ def smoke_run(tmp_path_factory):
     from synood_kit.miniworld import train_mllm
 
     root = tmp_path_factory.mktemp("mllm_smoke")
-    train_mllm.main(["--smoke", "--run", str(root / "run"), "--out", str(root / "model"), "--threads", "1", "--no-progress"])
+    train_mllm.main(
+        ["--smoke", "--run", str(root / "run"), "--out", str(root / "model"), "--threads", "1", "--no-progress"]
+    )
     return root
 
 
@@ -75,7 +77,16 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
 
     from synood_kit.miniworld import train_mllm
 
-    kwargs = dict(preset="smoke", steps=4, batch_size=8, pool_size=32, threads=1, checkpoint_every=2, eval_every=100, progress=False)
+    kwargs = dict(
+        preset="smoke",
+        steps=4,
+        batch_size=8,
+        pool_size=32,
+        threads=1,
+        checkpoint_every=2,
+        eval_every=100,
+        progress=False,
+    )
     save = train_mllm.save_checkpoint
 
     def save_and_keep_step_2(run_dir, model, optimizer, step, extra=None):
@@ -96,11 +107,16 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
 
 def test_parse_context():
     assert parse_context("black background, stripes, pink sparkles, green dashes") == [
-        "black background", "stripes", "pink sparkles", "green dashes",
+        "black background",
+        "stripes",
+        "pink sparkles",
+        "green dashes",
     ]
     assert parse_context("black background , stripes .") == ["black background", "stripes"]
     assert parse_context("The image shows a teal background with stripes and some pink sparkles.") == [
-        "teal background", "stripes", "pink sparkles",
+        "teal background",
+        "stripes",
+        "pink sparkles",
     ]
     assert parse_context("- bamboo\n- tourists\n- railings") == ["bamboo", "tourists", "railings"]
     assert parse_context("grid; grid; Grid") == ["grid"]

@@ -44,9 +44,7 @@ def test_load_clip_from_a_local_folder(tiny_clip, tiny_clip_dir):
 def test_load_clip_is_reproducible_and_fingerprints_the_weights(tiny_clip, tiny_clip_dir, tmp_path):
     again = load_clip(f"local-dir:{tiny_clip_dir}")
     assert again.fingerprint == tiny_clip.fingerprint
-    for (k, a), b in zip(
-        tiny_clip.model.state_dict().items(), again.model.state_dict().values(), strict=True
-    ):
+    for (k, a), b in zip(tiny_clip.model.state_dict().items(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     # Other weights under the same architecture: another fingerprint, so caches cannot be mixed up.
     model_cfg = json.loads((tiny_clip_dir / "open_clip_config.json").read_text())["model_cfg"]
@@ -266,9 +264,7 @@ def test_image_features_resume_at_the_missing_shard(tiny_clip, image_folder, cac
 
 
 def test_image_features_without_cache_write_nothing(tiny_clip, image_folder, cache_root):
-    fs = image_features(
-        _ImageEncoder(tiny_clip), ImageSet.from_folder(image_folder), use_cache=False, progress=False
-    )
+    fs = image_features(_ImageEncoder(tiny_clip), ImageSet.from_folder(image_folder), use_cache=False, progress=False)
     assert len(fs) == 5 and fs.cache_path is None
     assert not (cache_root / "image_features").exists()
 

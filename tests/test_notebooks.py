@@ -74,8 +74,10 @@ def test_03_inpainting_loop_moves_samples_toward_the_boundary(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (repo_root() / "assets" / "miniworld" / "mllm" / "config.json").is_file(),
-                    reason="the mini-world MLLM is not in assets/")
+@pytest.mark.skipif(
+    not (repo_root() / "assets" / "miniworld" / "mllm" / "config.json").is_file(),
+    reason="the mini-world MLLM is not in assets/",
+)
 def test_02_prompting_names_the_context(tmp_path):
     metrics = _run("02_prompting_mllm.ipynb", tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "contexts.jsonl").read_text().splitlines()]

@@ -51,7 +51,9 @@ def mllm_dir(tmp_path_factory):
     from synood_kit.miniworld import train_mllm
 
     root = tmp_path_factory.mktemp("mllm")
-    train_mllm.main(["--smoke", "--run", str(root / "run"), "--out", str(root / "model"), "--threads", "1", "--no-progress"])
+    train_mllm.main(
+        ["--smoke", "--run", str(root / "run"), "--out", str(root / "model"), "--threads", "1", "--no-progress"]
+    )
     return root / "model"
 
 

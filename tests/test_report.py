@@ -44,9 +44,13 @@ def test_plan_chains_synthesis_folders_and_gives_each_notebook_its_folder(tmp_pa
     # without the quickstart, 04 synthesises and feeds the later ones
     partial = main_job_plan(tmp_path, ["04_negative_labels", "05_finetune_clip"])
     assert "synthetic_dir" not in partial["04_negative_labels"]
-    assert partial["05_finetune_clip"]["synthetic_dir"] == str(tmp_path / "notebooks" / "04_negative_labels" / "synthetic")
+    assert partial["05_finetune_clip"]["synthetic_dir"] == str(
+        tmp_path / "notebooks" / "04_negative_labels" / "synthetic"
+    )
     # run alone, a notebook gets only its folder and synthesises what it needs itself
-    assert main_job_plan(tmp_path, ["05_finetune_clip"]) == {"05_finetune_clip": {"out_dir": str(tmp_path / "notebooks" / "05_finetune_clip")}}
+    assert main_job_plan(tmp_path, ["05_finetune_clip"]) == {
+        "05_finetune_clip": {"out_dir": str(tmp_path / "notebooks" / "05_finetune_clip")}
+    }
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="resource module")

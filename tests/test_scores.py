@@ -110,9 +110,7 @@ def test_mcm_is_max_softmax_of_cosine_over_tau(temperature):
     txt = rng.normal(size=(5, 6))
     cos = _np_normalize(img) @ _np_normalize(txt).T
     expected = _np_softmax(cos / temperature).max(axis=1)
-    got = mcm_score(
-        torch.tensor(img, dtype=torch.float32), torch.tensor(txt, dtype=torch.float32), temperature
-    )
+    got = mcm_score(torch.tensor(img, dtype=torch.float32), torch.tensor(txt, dtype=torch.float32), temperature)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
     assert torch.all(got >= 1 / 5 - 1e-7) and torch.all(got <= 1)
 
@@ -134,9 +132,7 @@ COS_NEG = {0: [0.6, 0.0, -1.0, 0.8, 1.0], 1: [0.8, 0.0, 0.0, 0.0, 0.0]}
 TAU = 0.5  # logits = cos / 0.5 = 2 * cos, so that every exp below is of a small number
 
 ID_FEATS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-NEG_FEATS = torch.tensor(
-    [[0.6, 0.8, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.8, 0.0, 0.6], [1.0, 0.0, 0.0]]
-)
+NEG_FEATS = torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.8, 0.0, 0.6], [1.0, 0.0, 0.0]])
 # Scaled copies of e0 and e1: the score must normalise its inputs.
 IMAGES = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
 
@@ -261,9 +257,7 @@ def test_neglabel_is_higher_for_images_near_id_labels():
     ids = torch.eye(4)[:2]  # ID labels e0, e1
     neg = torch.eye(4)[2:]  # negatives e2, e3
     near_id, near_neg = torch.tensor([[1.0, 0.1, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0, 0.1]])
-    assert neglabel_score(near_id, ids, neg, n_groups=None) > neglabel_score(
-        near_neg, ids, neg, n_groups=None
-    )
+    assert neglabel_score(near_id, ids, neg, n_groups=None) > neglabel_score(near_neg, ids, neg, n_groups=None)
 
 
 def test_neglabel_rejects_bad_arguments(clip_like_features):

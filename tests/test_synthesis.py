@@ -26,7 +26,9 @@ def pipe(tmp_path_factory):
     from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
 
     tok = build_tokenizer()
-    folder = export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("p"), fp16=False)
+    folder = export_pipeline(
+        build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("p"), fp16=False
+    )
     p = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     p.set_progress_bar_config(disable=True)
     return p
@@ -39,8 +41,10 @@ def scorer(images):
 @pytest.fixture(scope="module")
 def sources():
     g = torch.Generator().manual_seed(0)
-    return [SynthesisSource(f"img{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.", {"i": i})
-            for i in range(5)]
+    return [
+        SynthesisSource(f"img{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.", {"i": i})
+        for i in range(5)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +108,17 @@ def test_negative_labels_are_stored_with_each_record(pipe, sources, tiny_clip, t
 
     words = ("granite", "violin", "harbor", "meadow")
     negatives = NegativeLabels(words, ("noun",) * 4, tuple(f"the nice {w}" for w in words), (0.1, 0.2, 0.3, 0.4), {})
-    records = list(synthesize(pipe, sources[:2], scorer, tmp_path, CONFIG, progress=False,
-                              labeler=negative_labeler(tiny_clip, negatives, tmp_path)))
+    records = list(
+        synthesize(
+            pipe,
+            sources[:2],
+            scorer,
+            tmp_path,
+            CONFIG,
+            progress=False,
+            labeler=negative_labeler(tiny_clip, negatives, tmp_path),
+        )
+    )
     saved = NegativeLabels.load(tmp_path / "negatives.json")
     assert saved.words == words  # the ordered list the indices refer to
     import numpy as np
@@ -115,6 +128,8 @@ def test_negative_labels_are_stored_with_each_record(pipe, sources, tiny_clip, t
         label = rec["negative_label"]
         assert saved.words[label["index"]] == label["word"] and 0 < label["probability"] <= 1
         img = torch.from_numpy(np.array(Image.open(tmp_path / rec["image"]))).permute(2, 0, 1).float()[None] / 255
-        expected, _ = assign_negative_labels(tiny_clip.encode_images(img), negatives.text_features(tiny_clip, progress=False))
+        expected, _ = assign_negative_labels(
+            tiny_clip.encode_images(img), negatives.text_features(tiny_clip, progress=False)
+        )
         # PNG quantisation may flip a near tie; the argmax on the saved image agrees in the usual case
         assert int(expected[0]) == label["index"] or label["probability"] < 0.5

@@ -27,16 +27,48 @@ def setup(tmp_path_factory):
     export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, root / "pipe", fp16=False)
     torch.manual_seed(0)
     kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": len(BENCHMARK_SPEC.id_classes)}
-    save_classifier_folder(build_classifier("resnet", kw), "resnet", kw, list(BENCHMARK_SPEC.id_classes), root / "clf",
-                           {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+    save_classifier_folder(
+        build_classifier("resnet", kw),
+        "resnet",
+        kw,
+        list(BENCHMARK_SPEC.id_classes),
+        root / "clf",
+        {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
     build_benchmark(root / "bench", BENCHMARK_SPEC.scaled(0.02), progress=False)
     return root
 
 
 def _args(root, out):
-    return ["synthesize", "--out", str(out), "--pipeline", str(root / "pipe"), "--classifier", str(root / "clf"),
-            "--benchmark", str(root / "bench"), "--split", "id_test", "--per-class", "1", "--steps", "4", "--cfg", "2",
-            "--rounds", "1", "--step-size", "0.5", "--normalize", "unit", "--batch-size", "2", "--clip", "none"]
+    return [
+        "synthesize",
+        "--out",
+        str(out),
+        "--pipeline",
+        str(root / "pipe"),
+        "--classifier",
+        str(root / "clf"),
+        "--benchmark",
+        str(root / "bench"),
+        "--split",
+        "id_test",
+        "--per-class",
+        "1",
+        "--steps",
+        "4",
+        "--cfg",
+        "2",
+        "--rounds",
+        "1",
+        "--step-size",
+        "0.5",
+        "--normalize",
+        "unit",
+        "--batch-size",
+        "2",
+        "--clip",
+        "none",
+    ]
 
 
 def _env():
@@ -44,8 +76,11 @@ def _env():
 
 
 def _run(root, out, launcher=()):
-    cmd = [*launcher, sys.executable, "-m", "synood_kit.cli", *_args(root, out)] if not launcher else \
-          [*launcher, "-m", "synood_kit.cli", *_args(root, out)]
+    cmd = (
+        [*launcher, sys.executable, "-m", "synood_kit.cli", *_args(root, out)]
+        if not launcher
+        else [*launcher, "-m", "synood_kit.cli", *_args(root, out)]
+    )
     subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=600)
 
 
@@ -71,8 +106,12 @@ def reference(setup, tmp_path_factory):
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(setup, reference, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "synood_kit.cli", *_args(setup, out)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synood_kit.cli", *_args(setup, out)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(_record_ids(out)) < 3 and proc.poll() is None:
         time.sleep(0.05)
@@ -86,15 +125,33 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(setup, reference, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "accelerate")),
-                    reason="accelerate CLI not installed")
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "accelerate")),
+    reason="accelerate CLI not installed",
+)
 def test_accelerate_two_processes_equal_one(setup, reference, tmp_path):
     out = tmp_path / "out"
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     # `accelerate launch --cpu --num_processes 2` needs mpirun for more than one CPU process; its torchrun-based
     # launcher (--multi_gpu) starts two CPU processes with RANK/WORLD_SIZE set, which is what sharding reads
-    _run(setup, out, launcher=(accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                               "--mixed_precision", "no", "--dynamo_backend", "no"))
+    _run(
+        setup,
+        out,
+        launcher=(
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ),
+    )
     assert len(list(out.glob("records-*.jsonl"))) == 2  # both ranks wrote their shard
     ids = _record_ids(out)
     assert len(ids) == len(set(ids)) == len(BENCHMARK_SPEC.id_classes)

@@ -1,7 +1,11 @@
 from nbbuild import write_notebook
 
-write_notebook("notebooks/02_prompting_mllm.ipynb", [
-("md", """
+write_notebook(
+    "notebooks/02_prompting_mllm.ipynb",
+    [
+        (
+            "md",
+            """
 # 02 · Asking an MLLM for an image's context
 
 **Question.** What does SynOOD's in-painting prompt contain? (Paper Sec. 3.2; METHOD.md stage 2.) An MLLM looks
@@ -13,8 +17,11 @@ ground truth. With a real MLLM, change only the parameters: `backend="transforme
 or Ollama.
 
 **Run time** on 2 CPU cores (mini-world): under a minute.
-"""),
-("params", """
+""",
+        ),
+        (
+            "params",
+            """
 out_dir = "outputs/notebooks/02_prompting_mllm"  # where the JSONL, figures and metrics.json go
 backend = "transformers"  # "transformers" (a model by name or folder) or "openai" (an OpenAI-compatible endpoint)
 mllm = "miniworld"  # transformers: folder, hub id or "miniworld"; openai: the served model name
@@ -22,8 +29,11 @@ base_url = ""  # openai backend: e.g. http://localhost:8000/v1 (the key comes fr
 question = "Describe everything in this image except the main subject."  # the official question is unpublished
 n_images = 24  # ID images asked about
 device = "cpu"  # torch device of a local model
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 import json
 from pathlib import Path
 
@@ -38,8 +48,11 @@ from synood_kit.prompting import OpenAIBackend, PromptingConfig, TransformersBac
 
 out = Path(out_dir)
 out.mkdir(parents=True, exist_ok=True)
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 if backend == "openai":
     model = OpenAIBackend(base_url, mllm)
 else:
@@ -50,32 +63,47 @@ records = read_manifest(root, "id_test")
 records = records[:: max(1, len(records) // n_images)][:n_images]
 images = torch.stack([load_image(root / r["path"]) for r in records])
 print(model.name)
-"""),
-("md", """
+""",
+        ),
+        (
+            "md",
+            """
 ## Ask, parse, prompt
 
 `prompt_contexts` writes one JSONL row per image (id, question, raw answer, parsed context, prompt, and the
 reason whenever the parser fell back) and skips images already answered, so a long run can be resumed.
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 (out / "contexts.jsonl").unlink(missing_ok=True)
 rows = prompt_contexts(model, [(r["id"], img) for r, img in zip(records, images)], out / "contexts.jsonl", config)
 lines = ["| image | raw answer | parsed context | prompt | ground truth |", "|---|---|---|---|---|"]
 for r, row in list(zip(records, rows))[:10]:
     lines.append(f"| {r['class_name']} | {row['answer']} | {', '.join(row['context'])} | {row['prompt']} | {', '.join(r['context'])} |")
 display(Markdown("\\n".join(lines)))
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 fig = image_grid(images[:12], [", ".join(row["context"])[:28] for row in rows[:12]], ncols=6, scale=1.6)
 fig.savefig(out / "answers.png", dpi=110)
-"""),
-("md", """
+""",
+        ),
+        (
+            "md",
+            """
 ## How good are the answers?
 
 On the mini-world the truth is known: the share of context elements named exactly, the false elements per
 image, the share of answers that are exactly right, and the fallbacks.
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 named = total = false = exact = 0
 for r, row in zip(records, rows):
     truth, said = set(r["context"]), set(row["context"])
@@ -95,5 +123,7 @@ metrics = {
 }
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 metrics
-"""),
-])
+""",
+        ),
+    ],
+)

@@ -1,7 +1,11 @@
 from nbbuild import write_notebook
 
-write_notebook("notebooks/03_inpainting_loop.ipynb", [
-("md", """
+write_notebook(
+    "notebooks/03_inpainting_loop.ipynb",
+    [
+        (
+            "md",
+            """
 # 03 · The in-painting loop with energy-gradient noise refinement
 
 **Question.** How does SynOOD push a synthetic image to the ID/OOD boundary? (Paper Sec. 3.2-3.3; METHOD.md
@@ -16,8 +20,11 @@ FPR95 boundary) instead of the unreachable margin -5, and every update reaches t
 then the generation they shape). `target_mode="official"` restores the official recipe.
 
 **Run time** on 2 CPU cores (mini-world): about 1 minute for 8 images.
-"""),
-("params", """
+""",
+        ),
+        (
+            "params",
+            """
 out_dir = "outputs/notebooks/03_inpainting_loop"  # where figures and metrics.json go
 pipeline = "miniworld"  # in-painting pipeline: folder, hub id (stabilityai/stable-diffusion-2-inpainting) or "miniworld"
 classifier = "miniworld"  # guidance classifier folder, "miniworld", or a torchvision name with classifier_weights
@@ -32,8 +39,11 @@ steps = 20  # scheduler steps (official 20)
 cfg = 8.0  # classifier-free guidance (official 8)
 seed = 0  # noise seed
 device = "cpu"  # torch device
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 import json
 from pathlib import Path
 
@@ -53,14 +63,20 @@ from synood_kit.widgets import refinement_widget
 
 out = Path(out_dir)
 out.mkdir(parents=True, exist_ok=True)
-"""),
-("md", """
+""",
+        ),
+        (
+            "md",
+            """
 ## Models and the score landscape
 
 The guidance scorer is the official code's kind: a classifier's energy. Its values on real ID (`id_test`) and
 near-OOD images set the landscape the samples should land in; the target is the ID 5% quantile.
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 pipe = load_inpaint_pipeline(pipeline, device=device)
 pipe.set_progress_bar_config(disable=True)
 clf = load_classifier(classifier, weights=classifier_weights or None, device=device)
@@ -70,8 +86,11 @@ scorer = classifier_scorer(clf, form=form)
 id_scores = classifier_score(classifier_logits(clf, split_image_set(root, "id_test")).features, form).numpy()
 ood_scores = classifier_score(classifier_logits(clf, split_image_set(root, "near_ood")).features, form).numpy()
 print(f"ID median {np.median(id_scores):.3f}, near-OOD median {np.median(ood_scores):.3f}")
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 records = read_manifest(root, "id_train")[:: max(1, len(read_manifest(root, "id_train")) // n_images)][:n_images]
 sources = torch.stack([load_image(root / r["path"]) for r in records])
 prompts = [context_prompt(", ".join(r["context"])) for r in records]
@@ -79,15 +98,21 @@ target = OFFICIAL_MARGIN if target_mode == "official" else float(np.quantile(id_
 print(f"target {target:.3f}")
 for r, p in list(zip(records, prompts))[:4]:
     print(f"{r['class_name']:>16} -> {p}")
-"""),
-("md", """
+""",
+        ),
+        (
+            "md",
+            """
 ## Stepping through the rounds
 
 `refine_steps` is a generator: one frozen step per generation (noise, final latent, decoded image, score, loss,
 gradient and its per-position magnitude, time). Generation 0 is the unguided in-painting; the last one is the
 synthetic sample.
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 guidance = GuidanceConfig(rounds=rounds, step_size=step_size, target=target, normalize=normalize,
                           official_rounds=target_mode == "official")
 config = InpaintConfig(strength=strength, num_inference_steps=steps, guidance_scale=cfg)
@@ -95,28 +120,45 @@ steps_list = []
 for step in refine_steps(pipe, sources, prompts, scorer, guidance, config, generator=torch.Generator().manual_seed(seed)):
     steps_list.append(step)
     print(f"generation {step.round}: mean score {step.score.mean():.3f}, mean loss {step.loss.mean():.3f}, {step.seconds:.1f} s")
-"""),
-("md", "Per image: source, mask, then each generation's image and the gradient magnitude that updated its noise."),
-("code", """
+""",
+        ),
+        (
+            "md",
+            "Per image: source, mask, then each generation's image and the gradient magnitude that updated its noise.",
+        ),
+        (
+            "code",
+            """
 fig = refinement_figure(sources, steps_list, full_masks(sources), max_images=4)
 fig.savefig(out / "refinement.png", dpi=120)
-"""),
-("md", "Score trajectories against the ID (blue) and near-OOD (red) score distributions; dashed: the target."),
-("code", """
+""",
+        ),
+        ("md", "Score trajectories against the ID (blue) and near-OOD (red) score distributions; dashed: the target."),
+        (
+            "code",
+            """
 fig = score_trajectories(steps_list, id_scores, ood_scores, target)
 fig.savefig(out / "score_trajectories.png", dpi=120)
-"""),
-("md", "In JupyterLab, the slider steps through the generations of one image."),
-("code", """
+""",
+        ),
+        ("md", "In JupyterLab, the slider steps through the generations of one image."),
+        (
+            "code",
+            """
 widget = refinement_widget(sources, steps_list, index=0, masks=full_masks(sources), id_scores=id_scores,
                            ood_scores=ood_scores, target=target)
 display(widget)
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 summary = summarize_refinement(steps_list, target, id_scores, ood_scores)
 summary.update(target_mode=target_mode, rounds=rounds, step_size=step_size, normalize=normalize,
                refined_median=float(np.median(steps_list[-1].score.numpy())))
 (out / "metrics.json").write_text(json.dumps(summary, indent=2))
 summary
-"""),
-])
+""",
+        ),
+    ],
+)

@@ -1,7 +1,11 @@
 from nbbuild import write_notebook
 
-write_notebook("notebooks/04_negative_labels.ipynb", [
-("md", """
+write_notebook(
+    "notebooks/04_negative_labels.ipynb",
+    [
+        (
+            "md",
+            """
 # 04 · Negative labels: mining and assignment
 
 **Question.** Which words does NegLabel keep as negative labels, and which of them do the synthetic images
@@ -11,14 +15,20 @@ speech are kept, as an ordered list. Each synthetic image is then tied to its ar
 
 **Run time** on 2 CPU cores: under a minute with cached text features (about 1 minute the first time), plus a
 small synthesis run when no synthesis folder is given.
-"""),
-("params", """
+""",
+        ),
+        (
+            "params",
+            """
 out_dir = "outputs/notebooks/04_negative_labels"  # where figures and metrics.json go
 clip = "miniworld"  # open_clip name, folder, or "miniworld"
 synthetic_dir = ""  # a `synood synthesize` folder; empty: synthesise a small one into out_dir
 per_class = 2  # source images per class when synthesising here
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 import json
 from collections import Counter
 from pathlib import Path
@@ -35,15 +45,21 @@ from synood_kit.synthesis import read_records
 
 out = Path(out_dir)
 out.mkdir(parents=True, exist_ok=True)
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 model = load_clip(clip)
 result = mine_negative_labels(model, list(BENCHMARK_SPEC.id_classes), miniworld_mining_config())
 labels = result.labels
 print({pos: c for pos, c in labels.provenance["counts"].items()})
-"""),
-("md", "The mining statistic per part of speech; the dashed line is the largest value kept (the 15% cut)."),
-("code", """
+""",
+        ),
+        ("md", "The mining statistic per part of speech; the dashed line is the largest value kept (the 15% cut)."),
+        (
+            "code",
+            """
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 pos_arr = np.array(result.candidate_pos)
 for ax, pos in zip(axes, ("noun", "adj")):
@@ -53,16 +69,25 @@ for ax, pos in zip(axes, ("noun", "adj")):
     ax.legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(out / "percentile_distribution.png", dpi=110)
-"""),
-("md", "The list is ordered: nouns then adjectives, each from the farthest word on. The first and the last kept words:"),
-("code", """
+""",
+        ),
+        (
+            "md",
+            "The list is ordered: nouns then adjectives, each from the farthest word on. The first and the last kept words:",
+        ),
+        (
+            "code",
+            """
 for pos in ("noun", "adj"):
     words = [w for w, p in zip(labels.words, labels.pos) if p == pos]
     print(f"{pos} (farthest): {words[:12]}")
     print(f"{pos} (nearest kept): {words[-12:]}")
-"""),
-("md", "## Labels assigned to synthetic images"),
-("code", """
+""",
+        ),
+        ("md", "## Labels assigned to synthetic images"),
+        (
+            "code",
+            """
 syn = Path(synthetic_dir) if synthetic_dir else out / "synthetic"
 if not synthetic_dir:
     synood(["synthesize", "--out", str(syn), "--per-class", str(per_class), "--rounds", "1", "--clip", clip])
@@ -72,8 +97,11 @@ print(f"{len(records)} synthetic images -> {len(assigned)} distinct negative lab
 print(assigned.most_common(12))
 pos_share = Counter(r["negative_label"]["pos"] for r in records)
 print("parts of speech of the assigned labels:", dict(pos_share))
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 metrics = {
     "counts": labels.provenance["counts"],
     "n_negatives": len(labels),
@@ -86,5 +114,7 @@ metrics = {
 }
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 metrics
-"""),
-])
+""",
+        ),
+    ],
+)

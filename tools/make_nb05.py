@@ -1,7 +1,11 @@
 from nbbuild import write_notebook
 
-write_notebook("notebooks/05_finetune_clip.ipynb", [
-("md", """
+write_notebook(
+    "notebooks/05_finetune_clip.ipynb",
+    [
+        (
+            "md",
+            """
 # 05 · Fine-tuning CLIP on near-boundary samples
 
 **Question.** What do SynOOD's two fine-tuning stages learn, and how do the scores move? (Paper Sec. 3.4;
@@ -12,8 +16,11 @@ few matrix products. A control trains the same adapter on the ID images alone, s
 contribution stays visible.
 
 **Run time** on 2 CPU cores: about 20 s with a synthesis folder and cached features.
-"""),
-("params", """
+""",
+        ),
+        (
+            "params",
+            """
 out_dir = "outputs/notebooks/05_finetune_clip"  # where figures and metrics.json go
 synthetic_dir = ""  # a `synood synthesize` folder; empty: synthesise a small one into out_dir
 per_class = 2  # source images per class when synthesising here
@@ -21,8 +28,11 @@ clip = "miniworld"  # the CLIP being fine-tuned (the one that labelled the synth
 adapter_epochs = 3  # stage A epochs (official 3)
 label_epochs = 5  # stage B epochs (official 5)
 n_boot = 0  # bootstrap replicates for the table (0: none)
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 import json
 from pathlib import Path
 
@@ -38,14 +48,20 @@ out.mkdir(parents=True, exist_ok=True)
 syn = Path(synthetic_dir) if synthetic_dir else out / "synthetic"
 if not synthetic_dir:
     synood(["synthesize", "--out", str(syn), "--per-class", str(per_class), "--rounds", "1", "--clip", clip])
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 result = run_synood(out / "finetune", SynoodRun(synthetic=str(syn), clip=clip, adapter_epochs=adapter_epochs,
                                                 label_epochs=label_epochs, n_boot=n_boot))
 display(Markdown((out / "finetune" / "synood.md").read_text()))
-"""),
-("md", "Training curves of both stages (one point per step)."),
-("code", """
+""",
+        ),
+        ("md", "Training curves of both stages (one point per step)."),
+        (
+            "code",
+            """
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 for ax, (stage, logs) in zip(axes, result["logs"].items()):
     ax.plot([log.step for log in logs], [log.loss for log in logs], "-o", markersize=2)
@@ -54,16 +70,22 @@ for ax, (stage, logs) in zip(axes, result["logs"].items()):
     ax.set_ylabel("cross-entropy")
 fig.tight_layout()
 fig.savefig(out / "training_curves.png", dpi=110)
-"""),
-("md", "Score distributions before (zero-shot NegLabel) and after (SynOOD) fine-tuning."),
-("code", """
+""",
+        ),
+        ("md", "Score distributions before (zero-shot NegLabel) and after (SynOOD) fine-tuning."),
+        (
+            "code",
+            """
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
 for ax, name in zip(axes, ["NegLabel (zero-shot)", "control: adapter on ID images only", "SynOOD (adapter + tuned labels)"]):
     score_histograms(result["scores"][name], title=name, ax=ax)
 fig.tight_layout()
 fig.savefig(out / "score_histograms.png", dpi=110)
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 table = result["table"]
 def fpr(method, split):
     return float(table[(table["method"] == method) & (table["ood_set"] == split)]["FPR95_IDpos"].iloc[0])
@@ -79,5 +101,7 @@ metrics = {
 }
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 {k: v for k, v in metrics.items() if k != "table"}
-"""),
-])
+""",
+        ),
+    ],
+)

@@ -1,7 +1,11 @@
 from nbbuild import write_notebook
 
-write_notebook("notebooks/06_evaluate.ipynb", [
-("md", """
+write_notebook(
+    "notebooks/06_evaluate.ipynb",
+    [
+        (
+            "md",
+            """
 # 06 · Evaluating SynOOD against NegLabel
 
 **Question.** Does fine-tuning on near-boundary synthetic images improve OOD detection, and by how much on
@@ -12,15 +16,21 @@ lists the published ImageNet numbers with their sources, which a GPU run with re
 stays in every table: it separates the synthetic images' contribution from fine-tuning as such.
 
 **Run time** on 2 CPU cores: about 30 s with a synthesis folder and cached features.
-"""),
-("params", """
+""",
+        ),
+        (
+            "params",
+            """
 out_dir = "outputs/notebooks/06_evaluate"  # where figures and metrics.json go
 synthetic_dir = ""  # a `synood synthesize` folder; empty: synthesise a small one into out_dir
 per_class = 2  # source images per class when synthesising here
 clip = "miniworld"  # the CLIP being fine-tuned
 n_boot = 200  # bootstrap replicates
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 import json
 from pathlib import Path
 
@@ -41,9 +51,12 @@ result = run_synood(out / "finetune", SynoodRun(synthetic=str(syn), clip=clip, n
 table = result["table"]
 display(Markdown((out / "finetune" / "synood.md").read_text()))
 print(table.attrs.get("fpr_convention", ""))
-"""),
-("md", "ROC curves (ID positive): zero-shot NegLabel, the ID-only control and SynOOD, per OOD split."),
-("code", """
+""",
+        ),
+        ("md", "ROC curves (ID positive): zero-shot NegLabel, the ID-only control and SynOOD, per OOD split."),
+        (
+            "code",
+            """
 shown = {k: result["scores"][k] for k in ["NegLabel (zero-shot)", "control: adapter on ID images only",
                                            "SynOOD (adapter + tuned labels)"]}
 splits = ["near_ood", "far_scenes", "far_textures", "far_digits"]
@@ -52,12 +65,21 @@ for ax, split in zip(axes, splits):
     roc_curves(shown, split, ax=ax)
 fig.tight_layout()
 fig.savefig(out / "roc_curves.png", dpi=110)
-"""),
-("md", "The ledger: published numbers with their sources (ImageNet-1k, CLIP ViT-B/16), for GPU runs with real weights."),
-("code", """
+""",
+        ),
+        (
+            "md",
+            "The ledger: published numbers with their sources (ImageNet-1k, CLIP ViT-B/16), for GPU runs with real weights.",
+        ),
+        (
+            "code",
+            """
 display(reported_numbers())
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 def row(method, split):
     return table[(table["method"] == method) & (table["ood_set"] == split)].iloc[0]
 
@@ -78,5 +100,7 @@ metrics = {
 metrics["near_fpr95_relative_reduction"] = 1 - metrics["near_fpr95_synood"] / max(metrics["near_fpr95_zero_shot"], 1e-12)
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 metrics
-"""),
-])
+""",
+        ),
+    ],
+)

@@ -1,7 +1,11 @@
 from nbbuild import write_notebook
 
-write_notebook("notebooks/07_feature_space_umap.ipynb", [
-("md", """
+write_notebook(
+    "notebooks/07_feature_space_umap.ipynb",
+    [
+        (
+            "md",
+            """
 # 07 · Feature-space boundaries: where do the synthetic samples sit?
 
 **Question.** SynOOD's claim is that its synthetic images lie *near the ID/OOD boundary* (paper Sec. 3.3,
@@ -22,8 +26,11 @@ the boundary as a black line and the negative labels' text features as anchors, 
 Distances are measured in the full 512-d space; UMAP is only the picture.
 
 **Run time** on 2 CPU cores: about 1.5 minutes (synthesis of 2 x 24 images, two UMAP fits); cached reruns 30 s.
-"""),
-("params", """
+""",
+        ),
+        (
+            "params",
+            """
 out_dir = "outputs/notebooks/07_feature_space_umap"  # where figures, the cached embeddings and metrics.json go
 clip = "miniworld"  # open_clip name, folder, or "miniworld"
 guided_dir = ""  # CLIP-guided synthesis folder; empty: synthesise one here
@@ -34,8 +41,11 @@ n_per_set = 200  # points per image set in the UMAP (a fixed-seed sample)
 n_neighbors = 15  # UMAP neighbourhood
 min_dist = 0.1  # UMAP spread
 seed = 0  # sampling and UMAP seed
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 import json
 from pathlib import Path
 
@@ -65,9 +75,12 @@ if not unguided_dir:
     synood(["synthesize", "--out", str(folders["unguided"]), "--rounds", "0", *common])
 if classifier_guided_dir:
     folders["classifier-guided"] = Path(classifier_guided_dir)
-"""),
-("md", "Features of every set, from the feature cache (one CLIP pass per image set, ever)."),
-("code", """
+""",
+        ),
+        ("md", "Features of every set, from the feature cache (one CLIP pass per image set, ever)."),
+        (
+            "code",
+            """
 root = open_benchmark()
 model = load_clip(clip)
 inputs = {name: finetune_inputs(folder, model, root) for name, folder in folders.items()}
@@ -75,13 +88,19 @@ base = inputs["CLIP-guided"]
 features = {split: f.features for split, f in base.sets.items()}
 features.update({f"synthetic: {name}": inp.syn.features for name, inp in inputs.items()})
 {name: len(f) for name, f in features.items()}
-"""),
-("md", '''
+""",
+        ),
+        (
+            "md",
+            """
 ## Before fine-tuning: distance to zero-shot NegLabel's boundary
 
 The threshold `t` is the ID test images' 5% score quantile. A sample on the ID side has a score above it.
-'''),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 def boundary_table(adapter=None, neg_text=base.neg_text):
     geometry = {name: boundary_geometry(f, base.id_text, neg_text, adapter) for name, f in features.items()}
     log_t = float(np.quantile(geometry["id_test"][0], 0.05))
@@ -94,13 +113,19 @@ def boundary_table(adapter=None, neg_text=base.neg_text):
 
 before, log_t_before, log_scores_before = boundary_table()
 display(before.round(3))
-"""),
-("md", '''
+""",
+        ),
+        (
+            "md",
+            """
 ## Fine-tuning (stages A and B on the CLIP-guided set), then the same distances
 
 The adapter and the tuned negative rows are trained as in notebook 05; the boundary is now SynOOD's.
-'''),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 adapter, _ = train_adapter(base.id_text.shape[1], base.id_train.features, torch.as_tensor(base.id_train.labels),
                            base.syn.features, base.syn_index, base.id_text, base.neg_text)
 tuned, _ = tune_labels(base.neg_text, base.syn.features, base.syn_index)
@@ -108,15 +133,21 @@ neg_after = base.neg_text.clone()
 neg_after[:] = F.normalize(tuned, dim=-1) * base.neg_text.norm(dim=-1, keepdim=True)
 after, log_t_after, log_scores_after = boundary_table(adapter, neg_after)
 display(after.round(3))
-"""),
-("md", '''
+""",
+        ),
+        (
+            "md",
+            """
 ## UMAP before and after fine-tuning
 
 Each image set is sampled to at most `n_per_set` points (fixed seed). The anchors are the text features of the
 negative labels assigned to the CLIP-guided images. Colour: each image's log-score, interpolated over the
 plane; black line: the decision threshold.
-'''),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 rng = np.random.default_rng(seed)
 picked = {name: np.sort(rng.choice(len(f), min(n_per_set, len(f)), replace=False)) for name, f in features.items()}
 anchor_rows = torch.unique(base.syn_index)[:40]
@@ -146,14 +177,20 @@ for ax, (tag, adapter_, negs, scores, log_t, title) in zip(axes, [
     boundary_map(xy, groups, field, log_t, anchors, title=title, ax=ax)
 fig.tight_layout()
 fig.savefig(out / "umap_boundary.png", dpi=110)
-"""),
-("md", '''
+""",
+        ),
+        (
+            "md",
+            """
 ## The boundary claim
 
 Measured in the 512-d feature space, not in the picture: CLIP-guided samples should sit nearer the zero-shot
 detector's boundary than unguided ones made from the same sources and seeds.
-'''),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 def median(table, name):
     return float(table.loc[table["set"] == name, "median distance to boundary"].iloc[0])
 
@@ -171,5 +208,7 @@ metrics["guided_nearer_than_unguided"] = metrics["guided_distance"] < metrics["u
 metrics["distance_ratio_guided_to_unguided"] = metrics["guided_distance"] / metrics["unguided_distance"]
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-"""),
-])
+""",
+        ),
+    ],
+)

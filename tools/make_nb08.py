@@ -1,7 +1,11 @@
 from nbbuild import write_notebook
 
-write_notebook("notebooks/08_ablations.ipynb", [
-("md", """
+write_notebook(
+    "notebooks/08_ablations.ipynb",
+    [
+        (
+            "md",
+            """
 # 08 · Ablations: what does each part of SynOOD contribute?
 
 **Question.** Which part of SynOOD's fine-tuning carries the gain, and does it depend on the synthetic images
@@ -17,8 +21,11 @@ Regenerate the recorded table (docs/results_miniworld.md) with `synood ablate` o
 this notebook runs the same grid on whatever folders it is given.
 
 **Run time** on 2 CPU cores: about 1 minute when it synthesises its own small sets; 20 s with folders given.
-"""),
-("params", """
+""",
+        ),
+        (
+            "params",
+            """
 out_dir = "outputs/notebooks/08_ablations"  # where the table, figures and metrics.json go
 clip = "miniworld"  # the CLIP being fine-tuned (the one that labelled the synthetic images)
 guided_dir = ""  # classifier-guided synthesis folder (official recipe); empty: synthesise one here
@@ -29,8 +36,11 @@ n_negatives = "all,1000"  # numbers of negatives kept (the farthest from the ID 
 adapter_epochs = 3  # stage A / joint epochs (official 3)
 label_epochs = 5  # stage B epochs (official 5)
 n_boot = 0  # bootstrap replicates (0: none)
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 import json
 from pathlib import Path
 
@@ -53,8 +63,11 @@ if not unguided_dir:
 if clip_guided_dir:
     sets["CLIP-guided"] = clip_guided_dir
 counts = tuple(None if k.strip() == "all" else int(k) for k in n_negatives.split(","))
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 result = run_ablations(out / "grid", AblationRun(synthetic=tuple(sets.items()), n_negatives=counts, clip=clip,
                                                  adapter_epochs=adapter_epochs, label_epochs=label_epochs,
                                                  n_boot=n_boot))
@@ -62,9 +75,15 @@ table = result["table"]
 near = table[table["ood_set"] == "near_ood"].pivot_table(
     index=["synthetic", "training"], columns="n_negatives", values=["FPR95_IDpos", "AUROC"], sort=False)
 display((100 * near).round(1))
-"""),
-("md", "Near-OOD FPR95 (ID positive) per variant; the dashed line is the control at the same number of negatives."),
-("code", """
+""",
+        ),
+        (
+            "md",
+            "Near-OOD FPR95 (ID positive) per variant; the dashed line is the control at the same number of negatives.",
+        ),
+        (
+            "code",
+            """
 ks = sorted(table["n_negatives"].unique(), reverse=True)
 n_rows = int((table["n_negatives"] == ks[0]).sum() / table["ood_set"].nunique())
 fig, axes = plt.subplots(1, len(ks), figsize=(6 * len(ks), 1.5 + 0.32 * n_rows), squeeze=False)
@@ -80,12 +99,18 @@ for ax, k in zip(axes[0], ks):
     ax.set_title(f"{k} negatives")
 fig.tight_layout()
 fig.savefig(out / "ablations_near_fpr95.png", dpi=110)
-"""),
-("md", "The whole grid, every OOD split (percent)."),
-("code", """
+""",
+        ),
+        ("md", "The whole grid, every OOD split (percent)."),
+        (
+            "code",
+            """
 display(Markdown((out / "grid" / "ablations.md").read_text()))
-"""),
-("code", """
+""",
+        ),
+        (
+            "code",
+            """
 def near_fpr(synthetic, training, k):
     rows = table[(table["synthetic"] == synthetic) & (table["training"] == training) & (table["n_negatives"] == k)
                  & (table["ood_set"] == "near_ood")]
@@ -107,5 +132,7 @@ metrics = {
 metrics["best_beats_control_by"] = metrics["near_fpr95_control"][int(best.rsplit(" / ", 1)[1])] - metrics["best_near_fpr95"]
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 metrics
-"""),
-])
+""",
+        ),
+    ],
+)

@@ -5,6 +5,9 @@ Used to author the kit's notebooks as plain text; the .ipynb files are what user
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nbformat
 
 
@@ -27,3 +30,6 @@ def write_notebook(path: str, cells: list[tuple[str, str]]) -> None:
         cell["id"] = f"cell-{i:02d}"
     nbformat.validate(nb)
     nbformat.write(nb, path)
+    subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--quiet", str(path)], check=True
+    )  # STYLE: ruff formats notebooks too

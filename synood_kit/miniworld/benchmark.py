@@ -65,12 +65,19 @@ class BenchmarkSpec:
 
     def scaled(self, scale: float) -> BenchmarkSpec:
         """Return the same benchmark with every split scaled by ``scale`` (for quick tests)."""
+
         def sc(n: int) -> int:
             return max(2, int(round(n * scale)))
 
         return BenchmarkSpec(
-            self.id_classes, self.near_ood_classes, sc(self.n_train_per_class), sc(self.n_test_per_class),
-            sc(self.n_near_per_class), sc(self.n_far_per_split), self.seed, self.version,
+            self.id_classes,
+            self.near_ood_classes,
+            sc(self.n_train_per_class),
+            sc(self.n_test_per_class),
+            sc(self.n_near_per_class),
+            sc(self.n_far_per_split),
+            self.seed,
+            self.version,
         )
 
 
@@ -80,10 +87,18 @@ class BenchmarkSpec:
 # alternatives scored 0-39%, 1-15%, 3-11% and 0-1%). A near-OOD split of easy siblings would leave no headroom.
 BENCHMARK_SPEC = BenchmarkSpec(
     id_classes=(
-        "triangle", "square", "pentagon",
-        "circle", "ring", "crescent",
-        "five-point star", "six-point star", "eight-point star",
-        "cross", "plus sign", "heart",
+        "triangle",
+        "square",
+        "pentagon",
+        "circle",
+        "ring",
+        "crescent",
+        "five-point star",
+        "six-point star",
+        "eight-point star",
+        "cross",
+        "plus sign",
+        "heart",
     ),
     near_ood_classes=("hexagon", "ellipse", "four-point star", "arrow"),
 )
@@ -187,7 +202,9 @@ def build_benchmark(root: str | Path, spec: BenchmarkSpec = BENCHMARK_SPEC, prog
     total += len(spec.near_ood_classes) * spec.n_near_per_class + 3 * spec.n_far_per_split
     lines, counts = [], {}
     start = time.time()
-    for split, folder, label, name, i, image, scene in tqdm(_records(spec), total=total, desc="mini-world benchmark", disable=not progress):
+    for split, folder, label, name, i, image, scene in tqdm(
+        _records(spec), total=total, desc="mini-world benchmark", disable=not progress
+    ):
         image_id = f"{split}-{name.replace(' ', '_')}-{i:05d}"
         rel = f"{folder}/{image_id}.png"
         with atomic_path(root / rel) as tmp:

@@ -112,8 +112,16 @@ def image_attributes(scene) -> frozenset[str]:
 
 
 _OBJECT_TEMPLATES = (
-    "a photo of a {}.", "a {}.", "the nice {}", "a picture of a {}.", "an image of the {}.", "a drawing of a {}.",
-    "a {} in the picture.", "this is a {}.", "a small {}.", "a big {}.",
+    "a photo of a {}.",
+    "a {}.",
+    "the nice {}",
+    "a picture of a {}.",
+    "an image of the {}.",
+    "a drawing of a {}.",
+    "a {} in the picture.",
+    "this is a {}.",
+    "a small {}.",
+    "a big {}.",
 )
 _ADJ_TEMPLATES = ("This is a {} photo", "a {} picture.", "something {}.")
 

@@ -69,12 +69,18 @@ class ProbeNet(torch.nn.Module):
 
         def block(i, o):
             return torch.nn.Sequential(
-                torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.BatchNorm2d(o), torch.nn.ReLU(),
-                torch.nn.Conv2d(o, o, 3, padding=1), torch.nn.BatchNorm2d(o), torch.nn.ReLU(),
+                torch.nn.Conv2d(i, o, 3, padding=1),
+                torch.nn.BatchNorm2d(o),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(o, o, 3, padding=1),
+                torch.nn.BatchNorm2d(o),
+                torch.nn.ReLU(),
             )
 
         w = width
-        self.body = torch.nn.Sequential(block(3, w), torch.nn.MaxPool2d(2), block(w, 2 * w), torch.nn.MaxPool2d(2), block(2 * w, 4 * w))
+        self.body = torch.nn.Sequential(
+            block(3, w), torch.nn.MaxPool2d(2), block(w, 2 * w), torch.nn.MaxPool2d(2), block(2 * w, 4 * w)
+        )
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(8 * w + 6, len(v)) for k, v in _classes().items()})
         self.width = width
 
@@ -87,7 +93,9 @@ class ProbeNet(torch.nn.Module):
         return {k: head(f) for k, head in self.heads.items()}
 
 
-def render_probe_set(n: int, seed: int = 0, stream: int = _VAL_STREAM, progress: bool = False) -> tuple[torch.Tensor, dict]:
+def render_probe_set(
+    n: int, seed: int = 0, stream: int = _VAL_STREAM, progress: bool = False
+) -> tuple[torch.Tensor, dict]:
     """Render ``n`` labelled scenes (65% category subjects, 10% digits, 25% no subject).
 
     Returns:
@@ -127,7 +135,9 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     flip = torch.rand(b, generator=g) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     k = torch.tensor([0.25, 0.5, 0.25])
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).expand(3, 1, 3, 3).contiguous(), groups=3)
+    blurred = F.conv2d(
+        F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).expand(3, 1, 3, 3).contiguous(), groups=3
+    )
     amount = torch.rand(b, 1, 1, 1, generator=g) * (torch.rand(b, 1, 1, 1, generator=g) < 0.4)
     x = x + amount * (blurred - x)
     x = x + torch.randn(x.shape, generator=g) * 0.04 * torch.rand(b, 1, 1, 1, generator=g)
@@ -227,7 +237,9 @@ def save_probes(net: ProbeNet, folder: str | Path, validation: dict | None = Non
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(folder / "probes.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(folder / "probes.safetensors")
+    )
     meta = {"width": net.width, "classes": _classes(), "validation": validation, **(extra or {})}
     (folder / "probes.json").write_text(json.dumps(meta, indent=1))
     return folder
@@ -245,7 +257,9 @@ def load_probes(folder: str | Path | None = None) -> tuple[ProbeNet, dict]:
 
     folder = Path(folder) if folder else assets_dir() / "miniworld" / "probes"
     if not (folder / "probes.safetensors").is_file():
-        raise FileNotFoundError(f"no probes.safetensors in {folder}; train them with `python -m synood_kit.miniworld.probes train`")
+        raise FileNotFoundError(
+            f"no probes.safetensors in {folder}; train them with `python -m synood_kit.miniworld.probes train`"
+        )
     meta = json.loads((folder / "probes.json").read_text())
     net = ProbeNet(meta["width"])
     net.load_state_dict(load_file(str(folder / "probes.safetensors")))
@@ -266,7 +280,9 @@ def _eval_scenes(n: int, seed: int):
         scene = sample_scene(rng, categories=BENCHMARK_SPEC.id_classes)
         fam = category(scene.subject).family
         others = [c for c in BENCHMARK_SPEC.id_classes if category(c).family != fam]
-        new = replace(scene, subject=str(rng.choice(others)), subject_color=str(rng.choice(list(SUBJECT_COLORS))), angle=0.0)
+        new = replace(
+            scene, subject=str(rng.choice(others)), subject_color=str(rng.choice(list(SUBJECT_COLORS))), angle=0.0
+        )
         out.append((scene, new))
     return out
 
@@ -317,7 +333,9 @@ def inpaint_quality(
     usable = set(validation.get("usable", []))
     needed = {"present", "pattern"}
     if not needed <= usable:
-        raise ValueError(f"probe heads {sorted(needed - usable)} are below {THRESHOLD:.0%} on real renders; retrain them")
+        raise ValueError(
+            f"probe heads {sorted(needed - usable)} are below {THRESHOLD:.0%} on real renders; retrain them"
+        )
     cat_head = "category" if "category" in usable else "family"
     if cat_head not in usable:
         raise ValueError("neither the category nor the family head reached the validation threshold")
@@ -339,9 +357,16 @@ def inpaint_quality(
         b = len(chunk)
         g = torch.Generator().manual_seed(seed * 100003 + lo)
         res = pipe(
-            prompt=[removal_prompt(s.context()) for s, _ in chunk], image=src[lo : lo + b], mask_image=torch.ones(b, 1, 32, 32),
-            height=32, width=32, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=g, output_type="pt",
+            prompt=[removal_prompt(s.context()) for s, _ in chunk],
+            image=src[lo : lo + b],
+            mask_image=torch.ones(b, 1, 32, 32),
+            height=32,
+            width=32,
+            strength=strength,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=g,
+            output_type="pt",
         )
         outs_a.append(res.images.float().cpu())
         m = torch.zeros(b, 1, 32, 32)
@@ -349,8 +374,16 @@ def inpaint_quality(
             x0, y0, x1, y1 = subject_box(s, grow=2)
             m[j, 0, y0:y1, x0:x1] = 1.0
         res = pipe(
-            prompt=[ns.caption() for _, ns in chunk], image=src[lo : lo + b], mask_image=m, height=32, width=32,
-            strength=1.0, num_inference_steps=steps, guidance_scale=guidance_scale, generator=g, output_type="pt",
+            prompt=[ns.caption() for _, ns in chunk],
+            image=src[lo : lo + b],
+            mask_image=m,
+            height=32,
+            width=32,
+            strength=1.0,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=g,
+            output_type="pt",
         )
         outs_b.append(res.images.float().cpu())
         masks_b.append(m)
@@ -370,18 +403,26 @@ def inpaint_quality(
     outside = (1 - mask_b).expand_as(out_b)
     mae_raw = float(((out_b - src).abs() * outside).sum() / outside.sum())
     metrics = {
-        "n": n, "steps": steps, "strength": strength, "guidance_scale": guidance_scale, "category_head": cat_head,
+        "n": n,
+        "steps": steps,
+        "strength": strength,
+        "guidance_scale": guidance_scale,
+        "category_head": cat_head,
         "scheduler": type(pipe.scheduler).__name__,
         "synood": {
             "removed": round(float(removed.mean()), 4),
             "changed": round(float(changed.mean()), 4),
             "removed_or_changed": round(float((removed | changed).mean()), 4),
             "pattern_kept": round(float(kept.mean()), 4),
-            "background_colour_kept": round(float((ja["background"] == bg).mean()), 4) if "background" in usable else None,
+            "background_colour_kept": round(float((ja["background"] == bg).mean()), 4)
+            if "background" in usable
+            else None,
             "removed_or_changed_and_pattern_kept": round(float(((removed | changed) & kept).mean()), 4),
             "mae_to_subject_free_truth": round(float((out_a - free).abs().mean()), 4),
             "pattern_kept_by_pattern": {
-                p: round(float(kept[pattern == i].mean()), 4) for i, p in enumerate(cls["pattern"]) if (pattern == i).any()
+                p: round(float(kept[pattern == i].mean()), 4)
+                for i, p in enumerate(cls["pattern"])
+                if (pattern == i).any()
             },
         },
         "box": {
@@ -389,10 +430,12 @@ def inpaint_quality(
             "mae_outside_box_pasted": 0.0,
             "prompted_subject_present": round(float(((jb["present"] == 1) & (jb[cat_head] == new_cat)).mean()), 4),
             "prompted_family_present": round(float(((jb["present"] == 1) & (jb["family"] == new_fam)).mean()), 4)
-            if "family" in usable else None,
+            if "family" in usable
+            else None,
             "original_redrawn": round(float(((jb["present"] == 1) & (jb[cat_head] == src_cat)).mean()), 4),
             "original_family_redrawn": round(float(((jb["present"] == 1) & (jb["family"] == src_fam)).mean()), 4)
-            if "family" in usable else None,
+            if "family" in usable
+            else None,
             "subject_present": round(float((jb["present"] == 1).mean()), 4),
         },
         "seconds_per_image_per_setting": round(seconds / (2 * n), 3),
@@ -434,10 +477,19 @@ def main(argv: list[str] | None = None) -> None:
         net = train_probes(steps=args.steps, pool_size=args.pool_size, seed=args.seed, device=args.device)
         net = net.cpu()
         val = validate_probes(net)
-        save_probes(net, args.out or folder, val, {
-            "trained_by": "python -m synood_kit.miniworld.probes train", "steps": args.steps, "pool_size": args.pool_size,
-            "seed": args.seed, "device": args.device, "seconds": round(time.time() - t0, 1),
-        })
+        save_probes(
+            net,
+            args.out or folder,
+            val,
+            {
+                "trained_by": "python -m synood_kit.miniworld.probes train",
+                "steps": args.steps,
+                "pool_size": args.pool_size,
+                "seed": args.seed,
+                "device": args.device,
+                "seconds": round(time.time() - t0, 1),
+            },
+        )
         print(json.dumps(val))
         return
     net, meta = load_probes(folder)
@@ -448,11 +500,15 @@ def main(argv: list[str] | None = None) -> None:
 
     pipe = StableDiffusionInpaintPipeline.from_pretrained(args.pipeline, torch_dtype=torch.float32)
     if args.scheduler != "shipped":  # the saved config carries both schedulers' keys (clip_sample, skip_prk_steps)
-        pipe.scheduler = {"pndm": PNDMScheduler, "ddim": DDIMScheduler}[args.scheduler].from_config(pipe.scheduler.config)
+        pipe.scheduler = {"pndm": PNDMScheduler, "ddim": DDIMScheduler}[args.scheduler].from_config(
+            pipe.scheduler.config
+        )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(args.device)
     val = validate_probes(net)
-    metrics, grid = inpaint_quality(pipe, net.to(args.device), val, n=args.n, seed=args.seed, guidance_scale=args.guidance)
+    metrics, grid = inpaint_quality(
+        pipe, net.to(args.device), val, n=args.n, seed=args.seed, guidance_scale=args.guidance
+    )
     if args.grid:
         from PIL import Image
 

@@ -48,8 +48,13 @@ def clip_quality(clip="miniworld", root=None, progress: bool = False) -> dict:
     near = split_image_set(root, "near_ood")
     near_feats = image_features(clip, near, progress=progress)
     # ImageFolder ids are "<class folder>/<file stem>"
-    by_id = {str(Path(r["path"]).relative_to("near_ood").with_suffix("").as_posix()): r["class_name"] for r in read_manifest(root, "near_ood")}
-    labels_all = [names.index(id_set.class_names[y]) for y in id_feats.labels] + [names.index(by_id[i]) for i in near_feats.ids]
+    by_id = {
+        str(Path(r["path"]).relative_to("near_ood").with_suffix("").as_posix()): r["class_name"]
+        for r in read_manifest(root, "near_ood")
+    }
+    labels_all = [names.index(id_set.class_names[y]) for y in id_feats.labels] + [
+        names.index(by_id[i]) for i in near_feats.ids
+    ]
     import torch
 
     feats_all = torch.cat([id_feats.features, near_feats.features])
@@ -82,7 +87,12 @@ def classifier_quality(classifier="miniworld", root=None, progress: bool = False
     logits = classifier_logits(clf, id_set, progress=progress)
     pred = logits.features.argmax(1).numpy()
     per_class = {n: round(float((pred[logits.labels == k] == k).mean()), 4) for k, n in enumerate(id_set.class_names)}
-    return {"model": clf.name, "top1_id_test": float((pred == logits.labels).mean()), "per_class": per_class, "n": len(pred)}
+    return {
+        "model": clf.name,
+        "top1_id_test": float((pred == logits.labels).mean()),
+        "per_class": per_class,
+        "n": len(pred),
+    }
 
 
 def mllm_quality(mllm="miniworld", root=None, n: int = 300, progress: bool = False) -> dict:

@@ -78,7 +78,12 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float, n: int = 
 
 
 def _bar(cx: float, cy: float, half_len: float, half_w: float, angle: float):
-    pts = [(cx - half_len, cy - half_w), (cx + half_len, cy - half_w), (cx + half_len, cy + half_w), (cx - half_len, cy + half_w)]
+    pts = [
+        (cx - half_len, cy - half_w),
+        (cx + half_len, cy - half_w),
+        (cx + half_len, cy + half_w),
+        (cx - half_len, cy + half_w),
+    ]
     return _rotate(pts, cx, cy, angle)
 
 

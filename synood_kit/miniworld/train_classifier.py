@@ -124,7 +124,9 @@ def train(
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             model.eval()
             with torch.no_grad():
-                pred = torch.cat([model(transform(held_x[i : i + 256].float() / 255)).argmax(1) for i in range(0, len(held_x), 256)])
+                pred = torch.cat(
+                    [model(transform(held_x[i : i + 256].float() / 255)).argmax(1) for i in range(0, len(held_x), 256)]
+                )
             model.train()
             record["held_out_accuracy"] = round(float((pred == held_y).float().mean()), 4)
             bar.set_postfix(acc=record["held_out_accuracy"], loss=f"{float(loss.detach()):.3f}")
@@ -133,8 +135,14 @@ def train(
             save_checkpoint(run_dir, model, optimizer, step + 1)
     if out_dir is not None:
         save_classifier_folder(
-            model.eval(), ARCH, ARCH_KWARGS, list(BENCHMARK_SPEC.id_classes), out_dir, preprocess,
-            dtype=torch.float16, extra={"trained_by": "python -m synood_kit.miniworld.train_classifier", "steps": steps},
+            model.eval(),
+            ARCH,
+            ARCH_KWARGS,
+            list(BENCHMARK_SPEC.id_classes),
+            out_dir,
+            preprocess,
+            dtype=torch.float16,
+            extra={"trained_by": "python -m synood_kit.miniworld.train_classifier", "steps": steps},
         )
     return record
 
@@ -146,8 +154,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.steps, args.batch_size, args.pool_size = 4, 8, 48
     record = train(
-        args.run, args.out, steps=args.steps, batch_size=args.batch_size, pool_size=args.pool_size, lr=args.lr,
-        seed=args.seed, image_size=args.image_size, checkpoint_every=2 if args.smoke else 250, eval_every=2 if args.smoke else 250,
+        args.run,
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        pool_size=args.pool_size,
+        lr=args.lr,
+        seed=args.seed,
+        image_size=args.image_size,
+        checkpoint_every=2 if args.smoke else 250,
+        eval_every=2 if args.smoke else 250,
     )
     print(record)
 

@@ -165,7 +165,12 @@ def train(
         optimizer.step()
         with torch.no_grad():
             model.clip.logit_scale.clamp_(0, math.log(100))
-        record = {"step": step + 1, "loss_heads": round(float(loss_heads.detach()), 4), "loss_clip": round(float(loss_clip.detach()), 4), "seconds": round(time.time() - t0, 1)}
+        record = {
+            "step": step + 1,
+            "loss_heads": round(float(loss_heads.detach()), 4),
+            "loss_clip": round(float(loss_clip.detach()), 4),
+            "seconds": round(time.time() - t0, 1),
+        }
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             record["zero_shot_16"] = quick_zero_shot(model.clip, tokenizer)
             bar.set_postfix(zs=f"{record['zero_shot_16']:.3f}", loss=f"{float(loss.detach()):.3f}")
@@ -184,9 +189,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.steps, args.warmup_steps, args.batch_size, args.pool_size = 4, 2, 16, 64
     record = train(
-        args.run, args.out, steps=args.steps, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-        pool_size=args.pool_size, lr=args.lr, seed=args.seed,
-        checkpoint_every=2 if args.smoke else 250, eval_every=2 if args.smoke else 250,
+        args.run,
+        args.out,
+        steps=args.steps,
+        warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size,
+        pool_size=args.pool_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=2 if args.smoke else 250,
+        eval_every=2 if args.smoke else 250,
     )
     print(record)
 

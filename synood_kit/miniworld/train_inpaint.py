@@ -106,12 +106,28 @@ class InpaintRecipe:
 PRESETS: dict[str, InpaintRecipe] = {
     "cpu": InpaintRecipe(),
     "gpu": InpaintRecipe(
-        pool_size=80000, vae_steps=3000, vae_batch=256, unet_steps=12000, batch_size=256, lr=6e-4, warmup=300,
+        pool_size=80000,
+        vae_steps=3000,
+        vae_batch=256,
+        unet_steps=12000,
+        batch_size=256,
+        lr=6e-4,
+        warmup=300,
         schedule="constant",
     ),
     "smoke": InpaintRecipe(
-        vae_channels=8, vae_layers=1, unet_channels=(16, 32, 32), text_width=32, text_layers=1, pool_size=24,
-        vae_steps=3, vae_batch=8, unet_steps=4, batch_size=8, warmup=2, ema=0.5,
+        vae_channels=8,
+        vae_layers=1,
+        unet_channels=(16, 32, 32),
+        text_width=32,
+        text_layers=1,
+        pool_size=24,
+        vae_steps=3,
+        vae_batch=8,
+        unet_steps=4,
+        batch_size=8,
+        warmup=2,
+        ema=0.5,
     ),
 }
 
@@ -161,8 +177,12 @@ def build_tokenizer(model_max_length: int = 77):
         special_tokens=[("<|startoftext|>", vocab["<|startoftext|>"]), ("<|endoftext|>", vocab["<|endoftext|>"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<pad>",
-        unk_token="<unk>", model_max_length=model_max_length,
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
     )
 
 
@@ -184,33 +204,63 @@ def build_components(recipe: InpaintRecipe, vocab_size: int, seed: int = 0) -> I
     torch.manual_seed(seed)
     groups = 8 if recipe.vae_channels % 8 == 0 else 4
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(recipe.vae_channels,), layers_per_block=recipe.vae_layers, latent_channels=4,
-        norm_num_groups=groups, sample_size=32, scaling_factor=1.0, mid_block_add_attention=False,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(recipe.vae_channels,),
+        layers_per_block=recipe.vae_layers,
+        latent_channels=4,
+        norm_num_groups=groups,
+        sample_size=32,
+        scaling_factor=1.0,
+        mid_block_add_attention=False,
     )
     with torch.no_grad():  # a small initial log-variance keeps early samples near the mean (pilot)
         vae.quant_conv.bias[4:].fill_(-8.0)
     n = len(recipe.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=9, out_channels=4, block_out_channels=recipe.unet_channels,
-        layers_per_block=recipe.unet_layers, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",), cross_attention_dim=recipe.text_width,
-        attention_head_dim=8, norm_num_groups=8 if min(recipe.unet_channels) >= 32 else 4,
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=recipe.unet_channels,
+        layers_per_block=recipe.unet_layers,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=recipe.text_width,
+        attention_head_dim=8,
+        norm_num_groups=8 if min(recipe.unet_channels) >= 32 else 4,
     )
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=recipe.text_width, intermediate_size=4 * recipe.text_width,
-        num_hidden_layers=recipe.text_layers, num_attention_heads=4, max_position_embeddings=77,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3, projection_dim=recipe.text_width,
-    ))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=recipe.text_width,
+            intermediate_size=4 * recipe.text_width,
+            num_hidden_layers=recipe.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            projection_dim=recipe.text_width,
+        )
+    )
     return InpaintModel(vae, unet, text)
 
 
 def scheduler_config() -> dict:
     """Return SD-2-inpainting's noise schedule with this model's v-prediction (DDIM keys plus PNDM's)."""
     return {
-        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-        "steps_offset": 1, "skip_prk_steps": True, "set_alpha_to_one": False, "prediction_type": "v_prediction",
-        "timestep_spacing": "leading", "clip_sample": False,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "steps_offset": 1,
+        "skip_prk_steps": True,
+        "set_alpha_to_one": False,
+        "prediction_type": "v_prediction",
+        "timestep_spacing": "leading",
+        "clip_sample": False,
     }
 
 
@@ -376,13 +426,22 @@ def _batch_plan(pool: InpaintPool, step: int, seed: int, recipe: InpaintRecipe) 
     noise = torch.randn(b, 4, 32, 32, generator=g)
     dilate = torch.randint(1, 3, (b,), generator=g)
     return {
-        "idx": idx, "kind": kind, "mask": mask, "prompts": prompts, "t": t, "noise": noise, "dilate": dilate,
-        "from_target": from_target, "use_free": use_free,
+        "idx": idx,
+        "kind": kind,
+        "mask": mask,
+        "prompts": prompts,
+        "t": t,
+        "noise": noise,
+        "dilate": dilate,
+        "from_target": from_target,
+        "use_free": use_free,
     }
 
 
 def _encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     return text_encoder(ids.input_ids.to(device))[0]
 
 
@@ -399,7 +458,9 @@ def _unet_loss(model: InpaintModel, tokenizer, scheduler, plan: dict, pool_t: di
     z_free = pool_t["z_free"][idx].float()
     use_free = plan["use_free"].to(device).view(-1, 1, 1, 1)
     target = torch.where((kind == 0).view(-1, 1, 1, 1) | use_free, z_free, z_src)
-    start = torch.where((kind == 0).view(-1, 1, 1, 1) & ~plan["from_target"].to(device).view(-1, 1, 1, 1), z_src, target)
+    start = torch.where(
+        (kind == 0).view(-1, 1, 1, 1) & ~plan["from_target"].to(device).view(-1, 1, 1, 1), z_src, target
+    )
     noise, t = plan["noise"].to(device), plan["t"].to(device)
     with torch.no_grad():  # the whole batch at once (a full mask gives the grey image's latent): fixed shapes
         z_masked = model.vae.encode(src_img * (mask < 0.5)).latent_dist.mode()
@@ -434,7 +495,9 @@ def _ddim_kwargs() -> dict:
 # --- export -------------------------------------------------------------------------------------------------
 
 
-def export_pipeline(model: InpaintModel, tokenizer, out_dir: str | Path, extra: dict | None = None, fp16: bool = True) -> Path:
+def export_pipeline(
+    model: InpaintModel, tokenizer, out_dir: str | Path, extra: dict | None = None, fp16: bool = True
+) -> Path:
     """Save a ``StableDiffusionInpaintPipeline`` folder (safetensors) of the EMA UNet and text encoder.
 
     The UNet is stored in float16 (``fp16``) to halve the folder; ``from_pretrained`` loads it back in the
@@ -448,9 +511,14 @@ def export_pipeline(model: InpaintModel, tokenizer, out_dir: str | Path, extra: 
     if fp16:
         unet = unet.half()
     pipe = StableDiffusionInpaintPipeline(
-        vae=copy.deepcopy(model.vae).float().eval(), text_encoder=copy.deepcopy(model.ema_text).float().eval(),
-        tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(**_ddim_kwargs()), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        vae=copy.deepcopy(model.vae).float().eval(),
+        text_encoder=copy.deepcopy(model.ema_text).float().eval(),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**_ddim_kwargs()),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     # As in SD-2's scheduler files, the config also carries the other scheduler's keys, so that
@@ -535,14 +603,29 @@ def train(
     sched = DDPMScheduler(**_training_scheduler_config())
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(run_dir, model, unet_opt if step >= recipe.vae_steps else vae_opt, step, {"phase": 2 if step >= recipe.vae_steps else 1})
+        save_checkpoint(
+            run_dir,
+            model,
+            unet_opt if step >= recipe.vae_steps else vae_opt,
+            step,
+            {"phase": 2 if step >= recipe.vae_steps else 1},
+        )
 
     def export(step: int) -> None:
         if out_dir is not None:
-            export_pipeline(model, tokenizer, out_dir, {
-                "trained_by": "python -m synood_kit.miniworld.train_inpaint", "step": step, "recipe": asdict(recipe),
-                "seed": seed, "vae_psnr_db": record.get("vae_psnr_db"), "train_seconds": record.get("seconds"),
-            })
+            export_pipeline(
+                model,
+                tokenizer,
+                out_dir,
+                {
+                    "trained_by": "python -m synood_kit.miniworld.train_inpaint",
+                    "step": step,
+                    "recipe": asdict(recipe),
+                    "seed": seed,
+                    "vae_psnr_db": record.get("vae_psnr_db"),
+                    "train_seconds": record.get("seconds"),
+                },
+            )
 
     for step in bar:
         if step < recipe.vae_steps:
@@ -573,14 +656,21 @@ def train(
             if not pool_t:  # phase 2 starts (or resumes): cache the latents of the frozen VAE
                 model.vae.eval().requires_grad_(False)
                 with torch.no_grad():
+
                     def enc(a):
                         x = _to_unit(a, "cpu")
-                        return torch.cat([model.vae.encode(x[i : i + 512].to(device)).latent_dist.mode().half() for i in range(0, len(x), 512)])
+                        return torch.cat(
+                            [
+                                model.vae.encode(x[i : i + 512].to(device)).latent_dist.mode().half()
+                                for i in range(0, len(x), 512)
+                            ]
+                        )
 
                     pool_t = {
                         "src": torch.from_numpy(pool.src).to(device).permute(0, 3, 1, 2).contiguous(),
                         "smask": torch.from_numpy(pool.smask).to(device),
-                        "z_src": enc(pool.src), "z_free": enc(pool.free),
+                        "z_src": enc(pool.src),
+                        "z_free": enc(pool.free),
                     }
                     record["vae_psnr_db"] = round(vae_psnr(model.vae, held), 2)
                 model.unet.train()
@@ -597,8 +687,12 @@ def train(
             decay = min(recipe.ema, (1 + s2) / (10 + s2))
             _ema_update(model.ema_unet, model.unet, decay)
             _ema_update(model.ema_text, model.text_encoder, decay)
-            record = {**{k: record[k] for k in ("vae_psnr_db",) if k in record}, "step": step + 1, "phase": 2,
-                      "seconds": round(time.time() - t0, 1)}
+            record = {
+                **{k: record[k] for k in ("vae_psnr_db",) if k in record},
+                "step": step + 1,
+                "phase": 2,
+                "seconds": round(time.time() - t0, 1),
+            }
             if (s2 + 1) % 50 == 0 or step + 1 == total:
                 record["loss"] = round(float(loss.detach()), 5)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -635,8 +729,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.unet_steps is not None:
         recipe = replace(recipe, unet_steps=args.unet_steps)
     record = train(
-        args.run, args.out, recipe, seed=args.seed, device=args.device, workers=args.workers,
-        checkpoint_every=2 if args.smoke else args.checkpoint_every, export_every=args.export_every,
+        args.run,
+        args.out,
+        recipe,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        checkpoint_every=2 if args.smoke else args.checkpoint_every,
+        export_every=args.export_every,
         max_seconds=args.max_seconds,
     )
     print(json.dumps(record))

@@ -91,7 +91,13 @@ MLLM_PRESETS: dict[str, dict] = {
     # than a Hiera tower with a convolutional stem ("hiera").
     "miniworld": {
         "vision_type": "clip_vision_model",
-        "vision": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4, "patch_size": 8},
+        "vision": {
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "patch_size": 8,
+        },
         "text": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3, "num_attention_heads": 4},
     },
     # Hiera: an overlapping 7x7 stride-4 convolutional stem (8x8 tokens), a stage at width 64, then query
@@ -103,7 +109,13 @@ MLLM_PRESETS: dict[str, dict] = {
     },
     "smoke": {
         "vision_type": "clip_vision_model",
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "patch_size": 8},
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "patch_size": 8,
+        },
         "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
     },
 }
@@ -117,9 +129,15 @@ def _vision_config(cfg: dict):
         v = cfg["vision"]
         stages = len(v["depths"])
         config = HieraConfig(
-            image_size=[32, 32], patch_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3],
-            num_query_pool=stages - 1, query_stride=[2, 2], masked_unit_size=[8, 8],
-            masked_unit_attention=[True] + [False] * (stages - 1), **v,
+            image_size=[32, 32],
+            patch_size=[7, 7],
+            patch_stride=[4, 4],
+            patch_padding=[3, 3],
+            num_query_pool=stages - 1,
+            query_stride=[2, 2],
+            masked_unit_size=[8, 8],
+            masked_unit_attention=[True] + [False] * (stages - 1),
+            **v,
         )
         return config, 8 // 2 ** (stages - 1), 0
     if cfg["vision_type"] == "clip_vision_model":
@@ -150,7 +168,11 @@ def _pre_tokenizer():
 
 
 def _world_texts() -> list[str]:
-    texts = list(CONTEXT_QUESTIONS + SUBJECT_QUESTIONS) + ["USER: ASSISTANT:", NO_SUBJECT, "a an digit texture background"]
+    texts = list(CONTEXT_QUESTIONS + SUBJECT_QUESTIONS) + [
+        "USER: ASSISTANT:",
+        NO_SUBJECT,
+        "a an digit texture background",
+    ]
     texts += [f"{c}" for c in list(BACKGROUND_COLORS) + list(SUBJECT_COLORS) + list(PATTERNS) + list(EXTRA_KINDS)]
     texts += [c.name for c in CATEGORIES] + list(DIGIT_NAMES) + list(TEXTURE_KINDS) + [", ."]
     return texts
@@ -196,12 +218,18 @@ def build_processor(tokenizer, preset: str | dict):
     _, side, extra = _vision_config(cfg)
 
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-        image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD), resample=3,
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+        resample=3,
     )
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=32 // side,
-        vision_feature_select_strategy="default" if extra else "full", chat_template=CHAT_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=32 // side,
+        vision_feature_select_strategy="default" if extra else "full",
+        chat_template=CHAT_TEMPLATE,
         num_additional_image_tokens=extra,
     )
 
@@ -213,13 +241,21 @@ def build_model(preset: str | dict, tokenizer):
     cfg = MLLM_PRESETS[preset] if isinstance(preset, str) else preset
     vision, side, extra = _vision_config(cfg)
     text = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=256, num_key_value_heads=cfg["text"]["num_attention_heads"],
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False, **cfg["text"],
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        num_key_value_heads=cfg["text"]["num_attention_heads"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **cfg["text"],
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=side * side, vision_feature_select_strategy="default" if extra else "full",
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=side * side,
+        vision_feature_select_strategy="default" if extra else "full",
         vision_feature_layer=-1,
         tie_word_embeddings=False,
     )
@@ -239,12 +275,14 @@ class _VisionHeads(torch.nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.extras = torch.nn.Linear(width, len(SUBJECT_COLORS) * len(EXTRA_KINDS))
-        self.pooled = torch.nn.ModuleDict({
-            "background": torch.nn.Linear(width, len(BACKGROUND_COLORS)),
-            "pattern": torch.nn.Linear(width, len(PATTERNS)),
-            "subject": torch.nn.Linear(width, len(SUBJECT_CLASSES)),
-            "color": torch.nn.Linear(width, len(SUBJECT_COLORS) + 1),
-        })
+        self.pooled = torch.nn.ModuleDict(
+            {
+                "background": torch.nn.Linear(width, len(BACKGROUND_COLORS)),
+                "pattern": torch.nn.Linear(width, len(PATTERNS)),
+                "subject": torch.nn.Linear(width, len(SUBJECT_CLASSES)),
+                "color": torch.nn.Linear(width, len(SUBJECT_COLORS) + 1),
+            }
+        )
 
     def loss(self, tokens: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Return the summed head losses for patch tokens ``(B, N, width)``."""
@@ -334,7 +372,9 @@ def eval_scenes(n: int, seed: int = 0, categories: tuple[str, ...] | None = None
     return [sample_scene(np.random.default_rng([EVAL_STREAM, seed, i]), categories=cats) for i in range(n)]
 
 
-def context_accuracy(mllm: MllmModel, n_scenes: int = 500, seed: int = 0, batch_size: int = 100, progress: bool = True) -> dict:
+def context_accuracy(
+    mllm: MllmModel, n_scenes: int = 500, seed: int = 0, batch_size: int = 100, progress: bool = True
+) -> dict:
     """Measure how exactly the MLLM lists the context of held-out ID scenes.
 
     Args:
@@ -375,7 +415,9 @@ def context_accuracy(mllm: MllmModel, n_scenes: int = 500, seed: int = 0, batch_
     return out
 
 
-def subject_accuracy(mllm: MllmModel, n_scenes: int = 500, seed: int = 0, batch_size: int = 100, progress: bool = True) -> dict:
+def subject_accuracy(
+    mllm: MllmModel, n_scenes: int = 500, seed: int = 0, batch_size: int = 100, progress: bool = True
+) -> dict:
     """Measure the answers to the main-subject question on the held-out scenes of :func:`context_accuracy`.
 
     Returns:
@@ -490,7 +532,11 @@ def train(
             group["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         image = model.model.get_image_features(pixel_values=pixels)
         loss_lm = model(mm_encoder_outputs={"image": image}, **batch).loss
-        tokens = image.hidden_states[-1][:, 1:] if model.config.vision_feature_select_strategy == "default" else image.hidden_states[-1]
+        tokens = (
+            image.hidden_states[-1][:, 1:]
+            if model.config.vision_feature_select_strategy == "default"
+            else image.hidden_states[-1]
+        )
         loss_heads = trainee.heads.loss(tokens, {k: v[idx] for k, v in targets.items()})
         loss = loss_lm + head_weight * loss_heads
         optimizer.zero_grad(set_to_none=True)
@@ -498,7 +544,9 @@ def train(
         torch.nn.utils.clip_grad_norm_(trainee.parameters(), 1.0)
         optimizer.step()
         record = {
-            "step": step + 1, "loss": round(loss_lm.item(), 4), "loss_heads": round(loss_heads.item(), 4),
+            "step": step + 1,
+            "loss": round(loss_lm.item(), 4),
+            "loss_heads": round(loss_heads.item(), 4),
             "seconds": round(time.time() - t0, 1),
         }
         if (step + 1) % eval_every == 0 or step + 1 == steps:
@@ -516,9 +564,18 @@ def train(
     model.eval()
     if out_dir is not None:
         info = {
-            "preset": preset, "architecture": cfg, "steps": steps, "batch_size": batch_size, "pool_size": pool_size,
-            "lr": lr, "subject_share": subject_share, "head_weight": head_weight, "seed": seed, "train_seconds": round(time.time() - t0, 1),
-            "parameters": sum(p.numel() for p in model.parameters()), "last_record": record,
+            "preset": preset,
+            "architecture": cfg,
+            "steps": steps,
+            "batch_size": batch_size,
+            "pool_size": pool_size,
+            "lr": lr,
+            "subject_share": subject_share,
+            "head_weight": head_weight,
+            "seed": seed,
+            "train_seconds": round(time.time() - t0, 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "last_record": record,
         }
         export(model, processor, out_dir, info=info)
     return record
@@ -539,7 +596,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--smoke", action="store_true", help="a few steps of a tiny model on a tiny pool (for tests)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--evaluate", metavar="FOLDER", help="only measure a saved model (500 held-out scenes) and print JSON")
+    parser.add_argument(
+        "--evaluate", metavar="FOLDER", help="only measure a saved model (500 held-out scenes) and print JSON"
+    )
     args = parser.parse_args(argv)
     if args.evaluate:
         from ..mllm import load_mllm
@@ -547,15 +606,29 @@ def main(argv: list[str] | None = None) -> None:
         set_threads(args.threads)
         mllm = load_mllm(args.evaluate)
         progress = not args.no_progress
-        result = {"context": context_accuracy(mllm, progress=progress), "subject": subject_accuracy(mllm, progress=progress)}
+        result = {
+            "context": context_accuracy(mllm, progress=progress),
+            "subject": subject_accuracy(mllm, progress=progress),
+        }
         print(json.dumps(result, indent=2))
         return
     if args.smoke:
         args.preset, args.steps, args.batch_size, args.pool_size, args.eval_every = "smoke", 4, 8, 32, 2
     record = train(
-        args.run, args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size, pool_size=args.pool_size,
-        lr=args.lr, head_weight=args.head_weight, seed=args.seed, threads=args.threads, checkpoint_every=2 if args.smoke else 250,
-        eval_every=args.eval_every, eval_scenes_n=8 if args.smoke else 200, progress=not args.no_progress,
+        args.run,
+        args.out,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        pool_size=args.pool_size,
+        lr=args.lr,
+        head_weight=args.head_weight,
+        seed=args.seed,
+        threads=args.threads,
+        checkpoint_every=2 if args.smoke else 250,
+        eval_every=args.eval_every,
+        eval_scenes_n=8 if args.smoke else 200,
+        progress=not args.no_progress,
     )
     print(record)
 

@@ -45,7 +45,9 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
-def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer, step: int, extra: dict | None = None) -> None:
+def save_checkpoint(
+    run_dir: str | Path, model: torch.nn.Module, optimizer, step: int, extra: dict | None = None
+) -> None:
     """Write model weights (safetensors), optimizer state and ``{"step", ...}`` atomically."""
     from safetensors.torch import save_file
 
@@ -70,8 +72,10 @@ def load_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer) -> d
     try:  # weights_only: a tampered optimizer.pt cannot run code
         blob = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{ckpt / 'optimizer.pt'} refused: it holds pickled objects or code, not plain tensors "
-                         f"({weights_only_refusal(e)})") from None
+        raise ValueError(
+            f"{ckpt / 'optimizer.pt'} refused: it holds pickled objects or code, not plain tensors "
+            f"({weights_only_refusal(e)})"
+        ) from None
     optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     return json.loads((ckpt / "state.json").read_text())

@@ -113,7 +113,9 @@ class Scene:
 
     def caption(self) -> str:
         """Return a one-sentence caption of subject and context."""
-        bg = f"{_article(self.background)} {self.background} background" + (f" with {self.pattern}" if self.pattern != "plain" else "")
+        bg = f"{_article(self.background)} {self.background} background" + (
+            f" with {self.pattern}" if self.pattern != "plain" else ""
+        )
         extras = [f"{e.color} {e.kind}" for e in self.extras]
         tail = (" and " if self.pattern != "plain" else " with ") + " and ".join(extras) if extras else ""
         if self.subject is None:
@@ -131,7 +133,9 @@ class Scene:
     @classmethod
     def from_dict(cls, d: dict) -> Scene:
         """Rebuild a scene from :meth:`to_dict` output."""
-        extras = tuple(Extra(e["kind"], e["color"], tuple(tuple(p) for p in e["positions"])) for e in d.get("extras", ()))
+        extras = tuple(
+            Extra(e["kind"], e["color"], tuple(tuple(p) for p in e["positions"])) for e in d.get("extras", ())
+        )
         return cls(**{**d, "extras": extras})
 
 
@@ -277,9 +281,23 @@ def _draw_extras(img: Image.Image, scene: Scene) -> None:
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=rgb)
             elif e.kind == "sparkles":
                 r, w = 2.0 * _SS, 0.45 * _SS
-                draw.polygon([(x - r, y), (x - w, y - w), (x, y - r), (x + w, y - w), (x + r, y), (x + w, y + w), (x, y + r), (x - w, y + w)], fill=rgb)
+                draw.polygon(
+                    [
+                        (x - r, y),
+                        (x - w, y - w),
+                        (x, y - r),
+                        (x + w, y - w),
+                        (x + r, y),
+                        (x + w, y + w),
+                        (x, y + r),
+                        (x - w, y + w),
+                    ],
+                    fill=rgb,
+                )
             elif e.kind == "dashes":
-                draw.line([(x - 2.0 * _SS, y - 0.6 * _SS), (x + 2.0 * _SS, y + 0.6 * _SS)], fill=rgb, width=int(1.1 * _SS))
+                draw.line(
+                    [(x - 2.0 * _SS, y - 0.6 * _SS), (x + 2.0 * _SS, y + 0.6 * _SS)], fill=rgb, width=int(1.1 * _SS)
+                )
 
 
 def _subject_mask_big(scene: Scene) -> Image.Image:
@@ -292,7 +310,9 @@ def _subject_mask_big(scene: Scene) -> Image.Image:
         digit = digit.point(lambda v: 255 if v > 90 else 0)
         mask.paste(digit, (int(scene.cx * _SS - side / 2), int(scene.cy * _SS - side / 2)))
     elif scene.subject is not None:
-        draw_subject_mask(ImageDraw.Draw(mask), scene.subject, scene.cx * _SS, scene.cy * _SS, scene.radius * _SS, scene.angle)
+        draw_subject_mask(
+            ImageDraw.Draw(mask), scene.subject, scene.cx * _SS, scene.cy * _SS, scene.radius * _SS, scene.angle
+        )
     return mask
 
 
@@ -327,7 +347,12 @@ def subject_box(scene: Scene, grow: float = 0.0) -> tuple[int, int, int, int]:
         raise ValueError("the scene has no subject, so it has no subject box")
     ys, xs = np.nonzero(m)
     g = int(round(grow))
-    return (max(0, xs.min() - g), max(0, ys.min() - g), min(IMAGE_SIZE, xs.max() + 1 + g), min(IMAGE_SIZE, ys.max() + 1 + g))
+    return (
+        max(0, xs.min() - g),
+        max(0, ys.min() - g),
+        min(IMAGE_SIZE, xs.max() + 1 + g),
+        min(IMAGE_SIZE, ys.max() + 1 + g),
+    )
 
 
 def render_texture(rng: np.random.Generator, kind: str | None = None) -> tuple[np.ndarray, dict]:
@@ -345,10 +370,24 @@ def render_texture(rng: np.random.Generator, kind: str | None = None) -> tuple[n
     c1, c2 = (np.asarray(v, np.float32) for v in rng.uniform(0, 255, size=(2, 3)))
     if kind == "noise":
         field_ = rng.normal(size=(s // 8, s // 8))
-        field_ = np.asarray(Image.fromarray(((field_ - field_.min()) / np.ptp(field_) * 255).astype(np.uint8)).resize((s, s), Image.BICUBIC), np.float32) / 255
+        field_ = (
+            np.asarray(
+                Image.fromarray(((field_ - field_.min()) / np.ptp(field_) * 255).astype(np.uint8)).resize(
+                    (s, s), Image.BICUBIC
+                ),
+                np.float32,
+            )
+            / 255
+        )
     elif kind == "marble":
         y, x = np.mgrid[0:s, 0:s] / s
-        turb = np.asarray(Image.fromarray((rng.uniform(0, 255, (8, 8))).astype(np.uint8)).resize((s, s), Image.BICUBIC), np.float32) / 255
+        turb = (
+            np.asarray(
+                Image.fromarray((rng.uniform(0, 255, (8, 8))).astype(np.uint8)).resize((s, s), Image.BICUBIC),
+                np.float32,
+            )
+            / 255
+        )
         freq = rng.uniform(3, 7)
         field_ = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (x * rng.uniform(-1, 1) + y) + 6 * turb)
     elif kind == "cells":
