@@ -3,6 +3,7 @@ the shipped models load through the public loaders."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 
 from synood_kit.classifier import load_classifier
 from synood_kit.config import assets_dir
-from synood_kit.miniworld import train_classifier, train_clip
+from synood_kit.miniworld import quality, train_classifier, train_clip
 from synood_kit.miniworld.benchmark import BENCHMARK_SPEC
 from synood_kit.models import load_clip
 
@@ -50,6 +51,17 @@ def test_classifier_smoke_exports_a_loadable_folder(tmp_path):
     train_classifier.main(["--smoke", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
     clf = load_classifier(str(tmp_path / "model"))
     assert clf.logits(torch.rand(3, 3, 32, 32)).shape == (3, len(clf.class_names))
+
+
+def test_quality_measures_the_folder_it_is_given(tmp_path, capsys):
+    """``quality --classifier FOLDER`` measures a reproduction's export, not the shipped model."""
+    train_classifier.main(["--smoke", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
+    quality.main(["--models", "classifier", "--classifier", str(tmp_path / "model"), "--out", str(tmp_path / "q.json")])
+    result = json.loads((tmp_path / "q.json").read_text())["classifier"]
+    assert result["model"] == f"classifier:{tmp_path / 'model'}" and result["n"] == 1200
+    assert 0.0 <= result["top1_id_test"] <= 1.0 and "classifier" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        quality.main(["--models", "vae"])
 
 
 shipped = pytest.mark.skipif(

@@ -6,6 +6,7 @@
 - MLLM: the share of context elements named exactly, on ``id_test`` scenes.
 
     python -m synood_kit.miniworld.quality [--models clip classifier mllm] [--out quality.json]
+    python -m synood_kit.miniworld.quality --models mllm --mllm runs/repro/mllm   # a reproduction's export
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def mllm_quality(mllm="miniworld", root=None, n: int = 300, progress: bool = Fal
         false += len(set(said) - truth)
         exact += set(said) == truth
     return {
+        "model": model.name,
         "elements_named_exactly": named / total,
         "false_elements_per_image": false / len(records),
         "exact_lists": exact / len(records),
@@ -132,12 +134,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["clip", "classifier", "mllm"])
     parser.add_argument("--out", default=None, help="also write the results as JSON")
+    for name in ("clip", "classifier", "mllm"):
+        parser.add_argument(f"--{name}", default="miniworld", help=f"the {name} to measure: 'miniworld' or a folder")
     args = parser.parse_args(argv)
     fns = {"clip": clip_quality, "classifier": classifier_quality, "mllm": mllm_quality}
+    unknown = sorted(set(args.models) - set(fns))
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {sorted(fns)}")
     results = {}
     for name in args.models:
         t = time.time()
-        results[name] = fns[name]()
+        results[name] = fns[name](getattr(args, name))
         results[name]["seconds"] = round(time.time() - t, 1)
         print(name, json.dumps({k: v for k, v in results[name].items() if not k.endswith("per_class")}))
     if args.out:
