@@ -317,7 +317,7 @@ def negative_labeler(
     if not allowed.any():
         raise ValueError(f"no negative label has a part of speech in {parts_of_speech}")
     rows = torch.nonzero(allowed).flatten()
-    neg_text = negatives.text_features(clip, progress=False)[rows]
+    neg_text = negatives.text_features(clip, progress=False)[rows].to(clip.device)  # text features come on the CPU
     if out_dir is not None:
         negatives.save(Path(out_dir) / "negatives.json")
 

@@ -138,3 +138,25 @@ def test_fine_tuning_follows_the_features_device():
     s_gpu = synood_score(cuda_args[0], cuda_args[4], cuda_args[5], adapter=a_gpu).cpu()
     s_cpu = synood_score(id_feats, id_text, neg_text, adapter=a_cpu)
     torch.testing.assert_close(s_gpu, s_cpu, rtol=1e-3, atol=1e-6)
+
+
+def test_synthesis_with_negative_labels_runs_on_the_gpu(images, scenes, tmp_path):
+    """The whole synthesis call on CUDA: refinement, then each image's negative label from the CLIP."""
+    from synood_kit.classifier import load_classifier
+    from synood_kit.guidance import classifier_scorer
+    from synood_kit.inpainting import GuidanceConfig, InpaintConfig, context_prompt, load_inpaint_pipeline
+    from synood_kit.models import load_clip
+    from synood_kit.negatives import NegativeLabels
+    from synood_kit.synthesis import SynthesisConfig, SynthesisSource, negative_labeler, synthesize
+
+    words = ["marble texture", "stripes", "navy", "dots"]
+    negatives = NegativeLabels(tuple(words), ("noun",) * 4, tuple(f"the nice {w}" for w in words), (0.0,) * 4, {})
+    pipe = load_inpaint_pipeline("miniworld", device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    scorer = classifier_scorer(load_classifier("miniworld", device="cuda"))
+    sources = [SynthesisSource(f"s{i}", images[i], context_prompt(", ".join(scenes[i].context()))) for i in range(3)]
+    config = SynthesisConfig(InpaintConfig(num_inference_steps=5), GuidanceConfig(rounds=1, target=0.0), batch_size=2)
+    labeler = negative_labeler(load_clip("miniworld", device="cuda"), negatives)
+    records = list(synthesize(pipe, sources, scorer, tmp_path, config, progress=False, labeler=labeler))
+    assert [r["id"] for r in records] == ["s0", "s1", "s2"]
+    assert all(r["negative_label"]["word"] in words and 0 < r["negative_label"]["probability"] <= 1 for r in records)
