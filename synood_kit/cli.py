@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         default="boundary",
         choices=("boundary", "official"),
-        help="boundary: the 5%% quantile of the guidance score over this run's source images (ID images; reachable, the same on every shard); official: margin -5 (the official code's, unreachable)",
+        help="boundary: the 5%% quantile of the guidance score over this run's source images (ID images; "
+        "reachable, the same on every shard); official: margin -5 (the official code's, unreachable)",
     )
     syn.add_argument(
         "--scorer",
