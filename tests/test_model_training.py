@@ -4,7 +4,6 @@ the shipped models load through the public loaders."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -71,16 +70,13 @@ shipped = pytest.mark.skipif(
 
 
 @shipped
-def test_shipped_models_load_quickly_through_the_public_loaders():
-    t = time.perf_counter()
+def test_shipped_models_load_through_the_public_loaders():
+    """The three shipped models load by name (their load time is measured by benchmarks/model_loading.py)."""
+    from synood_kit.mllm import load_mllm
+
     clip = load_clip("miniworld")
     clf = load_classifier("miniworld")
-    models = [clip, clf]
-    mllm_dir = assets_dir() / "miniworld" / "mllm"
-    if mllm_dir.is_dir():
-        from synood_kit.mllm import load_mllm
-
-        models.append(load_mllm("miniworld"))
-    seconds = time.perf_counter() - t
-    assert seconds < 10.0, f"loading the mini-world models took {seconds:.1f} s"
+    mllm = load_mllm("miniworld")
     assert clf.class_names == BENCHMARK_SPEC.id_classes
+    assert clip.name.startswith("local-dir:") and clip.image_size == 32
+    assert mllm.name == "miniworld" and mllm.processor.chat_template
