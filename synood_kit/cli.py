@@ -159,42 +159,50 @@ def _mask_of(record: dict, kind: str):
     return mask
 
 
-def _guidance_scorer(args, clip_model, negatives):
+def _guidance_scorer(args, clip_model, negatives, id_names: list[str]):
     """Return ``(scorer, name)`` for ``--scorer``: the official classifier energy or the CLIP's own scores.
-    ``clip_model()`` and ``negatives()`` give the command's one CLIP and negative-label list (loaded once)."""
+    ``clip_model()`` and ``negatives()`` give the command's one CLIP and negative-label list (loaded once);
+    ``id_names`` are the ID class names of the CLIP's prompts."""
     from .guidance import classifier_scorer, clip_scorer
 
     if args.scorer.startswith("classifier"):
         from .classifier import load_classifier
 
         form = "official" if args.target == "official" else "energy"
-        return classifier_scorer(load_classifier(args.classifier, device=args.device), form=form), f"classifier-{form}"
+        clf = load_classifier(args.classifier, weights=args.classifier_weights, device=args.device)
+        return classifier_scorer(clf, form=form), f"classifier-{form}"
     from .features import text_features
-    from .miniworld.benchmark import BENCHMARK_SPEC
 
     if args.target == "official":
         raise ValueError("--target official is the classifier's margin -5; use --target boundary with a CLIP scorer")
     clip = clip_model()
     kind = args.scorer.split("-", 1)[1]
     prompt = "a photo of a {}." if kind == "mcm" else "the nice {}"
-    id_text = text_features(clip, [prompt.format(c) for c in BENCHMARK_SPEC.id_classes], progress=False)
+    id_text = text_features(clip, [prompt.format(c) for c in id_names], progress=False)
     neg_text = negatives().text_features(clip, progress=False) if kind == "neglabel" else None
     return clip_scorer(clip, id_text, kind, neg_text), args.scorer
 
 
-def _readable_sources(chosen: list[dict], root: Path, out: Path, record: bool):
-    """Load the chosen source images; skip an unreadable one with a warning and (rank 0) a ``skipped.jsonl`` line."""
+def _readable_sources(chosen: list[dict], root: Path, out: Path, record: bool, size: int | None = None):
+    """Load the chosen source images; skip an unreadable one with a warning and (rank 0) a ``skipped.jsonl`` line.
+
+    ``size``: resize the short side to ``size`` and centre-crop (bicubic, antialiased); ``None`` keeps the files'
+    size, which must then be the same for every image.
+    """
     import torch
 
     from .data import ImageLoadError, load_image
+    from .models import ImageTransform
     from .storage import append_jsonl
     from .synthesis import read_skipped
 
+    resize = ImageTransform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if size else None
     kept, images = [], []
     known = read_skipped(out) if record else {}
     for r in chosen:
         try:
-            images.append(load_image(root / r["path"]))
+            image = load_image(root / r["path"])
+            images.append(resize(image[None])[0] if resize else image)
             kept.append(r)
         except (ImageLoadError, FileNotFoundError) as e:
             print(f"synood synthesize: skipping source {r['id']}: {e}", file=sys.stderr)
@@ -202,18 +210,50 @@ def _readable_sources(chosen: list[dict], root: Path, out: Path, record: bool):
                 append_jsonl(out / "skipped.jsonl", {"id": r["id"], "reason": f"unreadable image: {e}"})
     if not kept:
         raise ValueError(f"none of the {len(chosen)} chosen source images of {root} could be read")
+    sizes = sorted({tuple(im.shape[-2:]) for im in images})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"the source images have {len(sizes)} sizes (e.g. {sizes[0]} and {sizes[-1]}); pass --size N to resize "
+            "them to N x N (the in-painting model's resolution: 512 for Stable Diffusion 2, 32 for the mini-world)"
+        )
     return kept, torch.stack(images)
 
 
-def _cmd_synthesize(args) -> int:
+def _chosen_sources(args) -> tuple[list[dict], Path, list[str]]:
+    """Return ``(source records, the folder their paths start from, ID class names)``: the first ``--per-class``
+    images of each class, from ``--sources`` (an ImageFolder tree or an image list) or the mini-world benchmark."""
+    if args.sources:
+        from .experiments import id_class_names, image_set
 
-    from .guidance import OFFICIAL_MARGIN, boundary_target
-    from .inpainting import GuidanceConfig, InpaintConfig, context_prompt, load_inpaint_pipeline
-    from .miniworld.benchmark import open_benchmark, read_manifest
-    from .synthesis import SynthesisConfig, SynthesisSource, synthesize
+        if args.context == "truth":
+            raise ValueError("--context truth needs the mini-world's captions; with --sources use --context mllm")
+        if args.mask != "full":
+            raise ValueError(
+                f"--mask {args.mask} needs the mini-world's scene metadata; with --sources use --mask full"
+            )
+        sources = image_set(args.sources, "sources", True, args.data_root)
+        labels = sources.labels
+        if (labels < 0).any():
+            raise ValueError(
+                f"{args.sources}: every source image needs a class label (an ImageFolder tree or a list with labels)"
+            )
+        names = id_class_names(sources, args.class_names)
+        if labels.max() >= len(names):
+            raise ValueError(
+                f"{args.sources} has label {labels.max()} but --class-names {args.class_names!r} gives {len(names)} "
+                "names (an image list has no folder names: pass 'imagenet' or a file of names)"
+            )
+        root = sources.root
+        records = [
+            {"id": it.id, "path": str(it.path), "label": int(it.label), "class_name": names[it.label]}
+            for it in sources.items
+        ]
+    else:
+        from .miniworld.benchmark import BENCHMARK_SPEC, open_benchmark, read_manifest
 
-    root = open_benchmark(args.benchmark)
-    records = read_manifest(root, args.split)
+        root = open_benchmark(args.benchmark)
+        records = read_manifest(root, args.split)
+        names = list(BENCHMARK_SPEC.id_classes)
     per_class: dict[str, int] = {}
     chosen = []
     for r in records:
@@ -221,9 +261,19 @@ def _cmd_synthesize(args) -> int:
             per_class[r["class_name"]] = per_class.get(r["class_name"], 0) + 1
             chosen.append(r)
     if not chosen:
-        raise ValueError(f"split {args.split!r} of {root} has no images")
+        raise ValueError(f"no source images in {args.sources or root}")
+    return chosen, root, names
+
+
+def _cmd_synthesize(args) -> int:
+
+    from .guidance import OFFICIAL_MARGIN, boundary_target
+    from .inpainting import GuidanceConfig, InpaintConfig, context_prompt, load_inpaint_pipeline
+    from .synthesis import SynthesisConfig, SynthesisSource, synthesize
+
+    chosen, root, id_names = _chosen_sources(args)
     rank, world = _shard_from_env()
-    chosen, images = _readable_sources(chosen, root, Path(args.out), record=rank == 0)
+    chosen, images = _readable_sources(chosen, root, Path(args.out), record=rank == 0, size=args.size)
     if args.context == "mllm":
         from .mllm import describe_context, load_mllm
 
@@ -260,17 +310,16 @@ def _cmd_synthesize(args) -> int:
 
             if args.negatives:
                 loaded["negatives"] = NegativeLabels.load(args.negatives)
-            else:
+            else:  # mined for the ID classes: WordNet 3.0, plus the world's own words for the mini-world
+                from .config import MiningConfig
                 from .experiments import miniworld_mining_config
-                from .miniworld.benchmark import BENCHMARK_SPEC
                 from .negatives import mine_negative_labels
 
-                loaded["negatives"] = mine_negative_labels(
-                    clip_model(), list(BENCHMARK_SPEC.id_classes), miniworld_mining_config(), progress=False
-                ).labels
+                config = MiningConfig() if args.sources else miniworld_mining_config()
+                loaded["negatives"] = mine_negative_labels(clip_model(), id_names, config, progress=False).labels
         return loaded["negatives"]
 
-    scorer, form = _guidance_scorer(args, clip_model, negatives)
+    scorer, form = _guidance_scorer(args, clip_model, negatives, id_names)
     target = OFFICIAL_MARGIN if args.target == "official" else boundary_target(scorer, images.to(args.device))
     guidance = GuidanceConfig(
         rounds=args.rounds,
@@ -392,9 +441,25 @@ def build_parser() -> argparse.ArgumentParser:
     syn = sub.add_parser("synthesize", help="near-boundary OOD synthesis (resumable; shards under accelerate launch)")
     syn.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     syn.add_argument("--pipeline", default="miniworld", help="in-painting pipeline folder, hub id, or 'miniworld'")
-    syn.add_argument("--classifier", default="miniworld", help="guidance classifier folder or 'miniworld'")
+    syn.add_argument(
+        "--classifier", default="miniworld", help="guidance classifier: folder, 'miniworld' or a torchvision name"
+    )
+    syn.add_argument("--classifier-weights", default=None, help="torchvision weights name, e.g. IMAGENET1K_V2")
     syn.add_argument("--benchmark", default=None, help="built benchmark folder (default: the cache location)")
     syn.add_argument("--split", default="id_train", help="source split")
+    syn.add_argument(
+        "--sources",
+        default=None,
+        help="source images instead of the mini-world benchmark: an ImageFolder tree (ImageNet train) or an image "
+        "list '<path> <label>' per line; needs --context mllm",
+    )
+    syn.add_argument("--data-root", default=None, help="folder an image list's paths start from (default: its folder)")
+    syn.add_argument(
+        "--class-names",
+        default="folders",
+        help="ID class names with --sources: 'folders', 'imagenet' (open_clip's names) or a file of names",
+    )
+    syn.add_argument("--size", type=int, default=None, help="resize sources: short side to N, centre crop N x N")
     syn.add_argument("--per-class", type=int, default=4, help="source images per class")
     syn.add_argument("--context", default="truth", choices=("truth", "mllm"), help="prompt context source")
     syn.add_argument("--mllm", default="miniworld", help="MLLM folder, hub id or 'miniworld' (with --context mllm)")

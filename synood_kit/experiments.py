@@ -335,7 +335,9 @@ class EvaluationRun:
     device: str = "cpu"  # torch device
 
 
-def _image_set(source: str, name: str, labelled: bool, data_root: str | None):
+def image_set(source: str, name: str, labelled: bool, data_root: str | None):
+    """Return an :class:`~synood_kit.data.ImageSet` from an ImageFolder tree or an OpenOOD-style image list
+    (a file; its paths start at ``data_root``, default the list's folder)."""
     from .data import ImageSet
 
     path = Path(source)
@@ -344,12 +346,39 @@ def _image_set(source: str, name: str, labelled: bool, data_root: str | None):
     return ImageSet.from_folder(path, name=name, labelled=labelled)
 
 
+def id_class_names(id_set, class_names: str) -> list[str]:
+    """Return the ID class names (the text of CLIP's ID prompts) of a labelled set.
+
+    Args:
+        id_set: the labelled ID :class:`~synood_kit.data.ImageSet`.
+        class_names: ``"folders"`` (its sub-folder names, ``_`` read as a space), ``"imagenet"`` (open_clip's
+            ImageNet-1k names in wnid order) or a text file of names, one per line in label order.
+
+    Raises:
+        FileNotFoundError: if the names file does not exist.
+        ValueError: if the number of names differs from the set's number of classes.
+    """
+    if class_names == "folders":
+        names = [c.replace("_", " ") for c in id_set.class_names]
+    elif class_names == "imagenet":
+        import open_clip
+
+        names = list(open_clip.IMAGENET_CLASSNAMES)
+    else:
+        path = Path(class_names)
+        if not path.is_file():
+            raise FileNotFoundError(f"class names {class_names!r} are neither 'folders', 'imagenet' nor a file")
+        names = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if id_set.class_names and len(names) != len(id_set.class_names):
+        raise ValueError(f"{len(names)} class names for the {len(id_set.class_names)} classes of {id_set.root}")
+    return names
+
+
 def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = True) -> dict:
     """Score an ID set and OOD sets with MCM, NegLabel, SynOOD (with a checkpoint) and MSP/energy (with a
     classifier) from one cached feature pass per set; write ``evaluation.csv``, ``evaluation.md``,
     ``metrics.json`` and, with ``ledger_benchmark``, ``ledger.csv``.
     """
-    import open_clip
 
     from .evaluation import classifier_scores, clip_scores, format_markdown, ood_table
     from .features import image_features, text_features
@@ -362,14 +391,9 @@ def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     if not run.ood_sources:
         raise ValueError("no OOD sets: pass at least one (name, path)")
-    id_set = _image_set(run.id_source, "id", True, run.data_root)
-    if run.class_names == "folders":
-        names = [c.replace("_", " ") for c in id_set.class_names]
-    elif run.class_names == "imagenet":
-        names = list(open_clip.IMAGENET_CLASSNAMES)
-    else:
-        names = [x.strip() for x in Path(run.class_names).read_text().splitlines() if x.strip()]
-    sets = {"id": id_set, **{n: _image_set(p, n, False, run.data_root) for n, p in run.ood_sources}}
+    id_set = image_set(run.id_source, "id", True, run.data_root)
+    names = id_class_names(id_set, run.class_names)
+    sets = {"id": id_set, **{n: image_set(p, n, False, run.data_root) for n, p in run.ood_sources}}
     clip = load_clip(run.clip, run.pretrained, device=run.device)
     feats = {s: image_features(clip, v, progress=progress).features for s, v in sets.items()}
     if run.negatives:

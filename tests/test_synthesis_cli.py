@@ -173,3 +173,71 @@ def test_an_unreadable_source_image_is_skipped_and_recorded(setup, tmp_path):
     assert first["id"] in read_skipped(tmp_path / "out")
     assert first["id"] not in read_records(tmp_path / "out")
     assert len(read_records(tmp_path / "out")) == len(BENCHMARK_SPEC.id_classes) - 1
+
+
+def _image_folder(setup, folder, size=None):
+    """An ImageFolder tree (two classes, two images each) made of the scaled benchmark's ID test images."""
+    from PIL import Image
+
+    from synood_kit.miniworld.benchmark import read_manifest
+
+    records = read_manifest(setup / "bench", "id_test")
+    for cls_name in ("heart", "pentagon"):
+        picked = [r for r in records if r["class_name"] == cls_name][:2]
+        (folder / cls_name.replace(" ", "_")).mkdir(parents=True)
+        for k, r in enumerate(picked):
+            image = Image.open(setup / "bench" / r["path"])
+            if size is not None and cls_name == "pentagon":
+                image = image.resize(size, Image.BICUBIC)
+            image.save(folder / cls_name / f"img{k}.png")
+    return folder
+
+
+def _source_args(setup, folder, out, *extra):
+    args = _args(setup, out)
+    for flag in ("--benchmark", "--split", *(("--clip",) if "--clip" in extra else ())):
+        i = args.index(flag)
+        del args[i : i + 2]
+    return [*args, "--sources", str(folder), "--context", "mllm", *extra]
+
+
+@pytest.mark.slow
+def test_sources_from_an_image_folder_are_resized_and_prompted_by_the_mllm(setup, tiny_clip_dir, tmp_path, capsys):
+    """ImageNet-style input: an ImageFolder of images of two sizes, resized to the pipeline's 32 x 32, with the
+    MLLM's context prompts, a CLIP scorer whose ID prompts are the folder names, and negative labels."""
+    from synood_kit.cli import main
+    from synood_kit.negatives import NegativeLabels
+    from synood_kit.synthesis import read_records
+
+    folder = _image_folder(setup, tmp_path / "imagenet_like", size=(48, 40))
+    words = ("marble texture", "stripes", "navy")
+    negs = tmp_path / "negatives.json"
+    NegativeLabels(words, ("noun",) * 3, tuple(f"the nice {w}" for w in words), (0.0,) * 3, {}).save(negs)
+    assert main(_source_args(setup, folder, tmp_path / "out")) == 2  # two sizes and no --size
+    assert "pass --size" in capsys.readouterr().err
+    extra = ("--size", "32", "--scorer", "clip-mcm", "--clip", str(tiny_clip_dir), "--negatives", str(negs))
+    assert main(_source_args(setup, folder, tmp_path / "out", *extra)) == 0, capsys.readouterr().err
+    records = read_records(tmp_path / "out")
+    assert sorted(records) == ["heart/img0", "pentagon/img0"]
+    for rid, record in records.items():
+        assert record["meta"]["class_name"] == rid.split("/")[0]
+        assert record["meta"]["context_answer"] and record["prompt"].startswith("A photo only remain")
+        assert record["negative_label"]["word"] in words
+        assert (tmp_path / "out" / record["image"]).is_file()
+    assert json.loads((tmp_path / "out" / "synthesis.json").read_text())["scorer"] == "clip-mcm"
+
+
+def test_sources_refuse_what_needs_the_miniworld(setup, tmp_path, capsys):
+    from synood_kit.cli import main
+
+    folder = _image_folder(setup, tmp_path / "imagenet_like")
+    args = _source_args(setup, folder, tmp_path / "out")
+    args[args.index("--context") + 1] = "truth"
+    assert main(args) == 2 and "--context truth needs the mini-world's captions" in capsys.readouterr().err
+    assert main(_source_args(setup, folder, tmp_path / "out", "--mask", "box")) == 2
+    assert "--mask box needs the mini-world's scene metadata" in capsys.readouterr().err
+    names = tmp_path / "names.txt"
+    names.write_text("heart\n")
+    assert main(_source_args(setup, folder, tmp_path / "out", "--class-names", str(names))) == 2
+    assert "1 class names for the 2 classes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
