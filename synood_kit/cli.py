@@ -19,6 +19,8 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+CHUNK_IMAGES = 512  # source images `synood synthesize` holds in memory at once (rounded to whole batches)
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="miniworld", help="open_clip name (ViT-B-16), local folder, or 'miniworld'")
@@ -183,11 +185,13 @@ def _guidance_scorer(args, clip_model, negatives, id_names: list[str]):
     return clip_scorer(clip, id_text, kind, neg_text), args.scorer
 
 
-def _readable_sources(chosen: list[dict], root: Path, out: Path, record: bool, size: int | None = None):
-    """Load the chosen source images; skip an unreadable one with a warning and (rank 0) a ``skipped.jsonl`` line.
+def _readable_batches(chosen: list[dict], root: Path, n: int, size: int | None = None, skipped_to: Path | None = None):
+    """Yield ``(records, images)`` of ``n`` readable sources at a time (the last batch may be shorter), loading
+    the images lazily, so a dataset of any size streams through in memory for ``n`` images.
 
-    ``size``: resize the short side to ``size`` and centre-crop (bicubic, antialiased); ``None`` keeps the files'
-    size, which must then be the same for every image.
+    An unreadable image is skipped with a warning and, with ``skipped_to``, a ``skipped.jsonl`` line there.
+    ``size``: resize the short side to ``size`` and centre-crop (bicubic, antialiased); ``None`` keeps the
+    files' size, which must then be the same for every image.
     """
     import torch
 
@@ -197,26 +201,32 @@ def _readable_sources(chosen: list[dict], root: Path, out: Path, record: bool, s
     from .synthesis import read_skipped
 
     resize = ImageTransform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if size else None
-    kept, images = [], []
-    known = read_skipped(out) if record else {}
+    known = read_skipped(skipped_to) if skipped_to is not None else {}
+    records, images, first_size = [], [], None
     for r in chosen:
         try:
             image = load_image(root / r["path"])
-            images.append(resize(image[None])[0] if resize else image)
-            kept.append(r)
         except (ImageLoadError, FileNotFoundError) as e:
-            print(f"synood synthesize: skipping source {r['id']}: {e}", file=sys.stderr)
-            if record and r["id"] not in known:
-                append_jsonl(out / "skipped.jsonl", {"id": r["id"], "reason": f"unreadable image: {e}"})
-    if not kept:
-        raise ValueError(f"none of the {len(chosen)} chosen source images of {root} could be read")
-    sizes = sorted({tuple(im.shape[-2:]) for im in images})
-    if len(sizes) > 1:
-        raise ValueError(
-            f"the source images have {len(sizes)} sizes (e.g. {sizes[0]} and {sizes[-1]}); pass --size N to resize "
-            "them to N x N (the in-painting model's resolution: 512 for Stable Diffusion 2, 32 for the mini-world)"
-        )
-    return kept, torch.stack(images)
+            if skipped_to is not None:
+                print(f"synood synthesize: skipping source {r['id']}: {e}", file=sys.stderr)
+                if r["id"] not in known:
+                    append_jsonl(skipped_to / "skipped.jsonl", {"id": r["id"], "reason": f"unreadable image: {e}"})
+            continue
+        image = resize(image[None])[0] if resize else image
+        first_size = first_size or tuple(image.shape[-2:])
+        if tuple(image.shape[-2:]) != first_size:
+            raise ValueError(
+                f"the source images differ in size ({first_size} and {tuple(image.shape[-2:])} at {r['id']}); pass "
+                "--size N to resize them to N x N (the in-painting model's resolution: 512 for Stable Diffusion 2, "
+                "32 for the mini-world)"
+            )
+        records.append(r)
+        images.append(image)
+        if len(records) == n:
+            yield records, torch.stack(images)
+            records, images = [], []
+    if records:
+        yield records, torch.stack(images)
 
 
 def _chosen_sources(args) -> tuple[list[dict], Path, list[str]]:
@@ -266,33 +276,17 @@ def _chosen_sources(args) -> tuple[list[dict], Path, list[str]]:
 
 
 def _cmd_synthesize(args) -> int:
+    """Stream the sources twice: once for the MLLM's context answers and the guidance scores that fix the boundary
+    target, once to synthesise, chunk by chunk; memory holds one chunk of images, whatever the dataset's size."""
+    import torch
 
-    from .guidance import OFFICIAL_MARGIN, boundary_target
+    from .guidance import OFFICIAL_MARGIN, score_quantile
     from .inpainting import GuidanceConfig, InpaintConfig, context_prompt, load_inpaint_pipeline
     from .synthesis import SynthesisConfig, SynthesisSource, synthesize
 
     chosen, root, id_names = _chosen_sources(args)
     rank, world = _shard_from_env()
-    chosen, images = _readable_sources(chosen, root, Path(args.out), record=rank == 0, size=args.size)
-    if args.context == "mllm":
-        from .mllm import describe_context, load_mllm
-
-        mllm = load_mllm(args.mllm, device=args.device)
-        answers = [a for i in range(0, len(images), 32) for a in describe_context(mllm, images[i : i + 32])]
-    else:
-        answers = [", ".join(r["context"]) for r in chosen]
-    inpaint = InpaintConfig(num_inference_steps=args.steps, strength=args.strength, guidance_scale=args.cfg)
-    masks = [_mask_of(r, args.mask) for r in chosen]
-    sources = [
-        SynthesisSource(
-            r["id"],
-            img,
-            context_prompt(a, inpaint),
-            {"class_name": r["class_name"], "label": r["label"], "context_answer": a, "mask": args.mask},
-            mask,
-        )
-        for r, img, a, mask in zip(chosen, images, answers, masks, strict=True)
-    ]
+    out = Path(args.out)
     loaded: dict = {}
 
     def clip_model():  # the one CLIP of the command: scorer and labeler share it
@@ -304,13 +298,13 @@ def _cmd_synthesize(args) -> int:
             )
         return loaded["clip"]
 
-    def negatives():  # --negatives, or mined once for the mini-world's ID classes
+    def negatives():  # --negatives, or mined once for the ID classes
         if "negatives" not in loaded:
             from .negatives import NegativeLabels
 
             if args.negatives:
                 loaded["negatives"] = NegativeLabels.load(args.negatives)
-            else:  # mined for the ID classes: WordNet 3.0, plus the world's own words for the mini-world
+            else:  # WordNet 3.0, plus the world's own words for the mini-world
                 from .config import MiningConfig
                 from .experiments import miniworld_mining_config
                 from .negatives import mine_negative_labels
@@ -320,7 +314,30 @@ def _cmd_synthesize(args) -> int:
         return loaded["negatives"]
 
     scorer, form = _guidance_scorer(args, clip_model, negatives, id_names)
-    target = OFFICIAL_MARGIN if args.target == "official" else boundary_target(scorer, images.to(args.device))
+    mllm = None
+    if args.context == "mllm":
+        from .mllm import describe_context, load_mllm
+
+        mllm = load_mllm(args.mllm, device=args.device)
+    # pass 1, 64 images at a time: which sources are readable, their context answers, their guidance scores
+    kept, answers, scores = [], {}, []
+    skipped_to = out if rank == 0 else None
+    if skipped_to is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    for records, images in _readable_batches(chosen, root, 64, args.size, skipped_to):
+        kept += records
+        if mllm is not None:
+            said = [a for i in range(0, len(images), 32) for a in describe_context(mllm, images[i : i + 32])]
+        else:
+            said = [", ".join(r["context"]) for r in records]
+        answers.update({r["id"]: a for r, a in zip(records, said, strict=True)})
+        if args.target != "official":
+            with torch.no_grad():
+                scores.append(scorer(images.to(args.device)).float().cpu())
+    if not kept:
+        raise ValueError(f"none of the {len(chosen)} chosen source images of {args.sources or root} could be read")
+    target = OFFICIAL_MARGIN if args.target == "official" else score_quantile(torch.cat(scores))
+    inpaint = InpaintConfig(num_inference_steps=args.steps, strength=args.strength, guidance_scale=args.cfg)
     guidance = GuidanceConfig(
         rounds=args.rounds,
         step_size=args.step_size,
@@ -338,11 +355,29 @@ def _cmd_synthesize(args) -> int:
         from .synthesis import negative_labeler
 
         labeler = negative_labeler(clip_model(), negatives(), args.out if rank == 0 else None)
-    t = time.time()
-    written = list(synthesize(pipe, sources, scorer, args.out, config, rank=rank, world_size=world, labeler=labeler))
+    # pass 2: synthesise chunk by chunk; a chunk is whole batches, so the batches are those of one long list
+    chunk = args.batch_size * max(1, CHUNK_IMAGES // args.batch_size)
+    t, written = time.time(), 0
+    for records, images in _readable_batches(kept, root, chunk, args.size):
+        sources = [
+            SynthesisSource(
+                r["id"],
+                img,
+                context_prompt(answers[r["id"]], inpaint),
+                {
+                    "class_name": r["class_name"],
+                    "label": r["label"],
+                    "context_answer": answers[r["id"]],
+                    "mask": args.mask,
+                },
+                _mask_of(r, args.mask),
+            )
+            for r, img in zip(records, images, strict=True)
+        ]
+        written += sum(1 for _ in synthesize(pipe, sources, scorer, out, config, rank, world, labeler=labeler))
     print(
-        f"rank {rank}/{world}: wrote {len(written)} images to {args.out} in {time.time() - t:.0f} s "
-        f"(target {target:.3f}, {len(sources)} sources in the run)"
+        f"rank {rank}/{world}: wrote {written} images to {args.out} in {time.time() - t:.0f} s "
+        f"(target {target:.3f}, {len(kept)} sources in the run)"
     )
     return 0
 

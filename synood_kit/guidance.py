@@ -16,7 +16,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OFFICIAL_MARGIN", "boundary_target", "classifier_score", "classifier_scorer", "clip_scorer"]
+__all__ = [
+    "OFFICIAL_MARGIN",
+    "boundary_target",
+    "classifier_score",
+    "classifier_scorer",
+    "clip_scorer",
+    "score_quantile",
+]
 
 OFFICIAL_MARGIN = -5.0  # the official code's target m; unreachable for mean(g) - logsumexp(g) with 1000 classes
 
@@ -110,4 +117,19 @@ def boundary_target(scorer: Scorer, id_images: torch.Tensor, quantile: float = 0
     scores = torch.cat(
         [scorer(id_images[i : i + batch_size]).float().cpu() for i in range(0, len(id_images), batch_size)]
     )
-    return float(torch.quantile(scores, quantile))
+    return score_quantile(scores, quantile)
+
+
+def score_quantile(scores: torch.Tensor, quantile: float = 0.05) -> float:
+    """Return the ``quantile`` of ID images' guidance scores (:func:`boundary_target` from scores computed
+    elsewhere, e.g. streamed batch by batch over a dataset too large to hold).
+
+    Args:
+        scores: ``(N,)`` scores of ID images.
+        quantile: in ``(0, 1)``.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    if scores.numel() == 0:
+        raise ValueError("no scores: the quantile of an empty set is undefined")
+    return float(torch.quantile(scores.float().flatten(), quantile))

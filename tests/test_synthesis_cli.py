@@ -158,6 +158,15 @@ def test_accelerate_two_processes_equal_one(setup, reference, tmp_path):
     assert _images(out) == _images(reference)
 
 
+def test_streaming_in_small_chunks_equals_one_chunk(setup, reference, tmp_path):
+    """Sources stream through memory a chunk at a time (whole batches); the images equal a one-chunk run's."""
+    out = tmp_path / "out"
+    code = f"import sys, synood_kit.cli as c; c.CHUNK_IMAGES = 4; sys.exit(c.main({_args(setup, out)!r}))"
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), capture_output=True, timeout=600)
+    assert _images(out) == _images(reference)
+    assert sorted(_record_ids(out)) == sorted(_record_ids(reference))
+
+
 def test_an_unreadable_source_image_is_skipped_and_recorded(setup, tmp_path):
     from synood_kit.cli import main
     from synood_kit.miniworld.benchmark import read_manifest
