@@ -19,9 +19,8 @@ selection with a smaller ratio); the synthetic images are then re-assigned to th
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["TRAININGS", "AblationRun", "run_ablations"]
@@ -80,8 +79,8 @@ def run_ablations(out_dir: str | Path, run: AblationRun, progress: bool = True) 
     """
     import torch
 
-    from .evaluation import format_markdown, ood_table
-    from .experiments import finetune_inputs
+    from .evaluation import ood_table
+    from .experiments import finetune_inputs, write_results
     from .finetune import (
         AdapterConfig,
         LabelTuneConfig,
@@ -93,7 +92,6 @@ def run_ablations(out_dir: str | Path, run: AblationRun, progress: bool = True) 
     from .miniworld.benchmark import OOD_SPLITS, open_benchmark
     from .models import load_clip
     from .negatives import assign_negative_labels
-    from .storage import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,16 +168,7 @@ def run_ablations(out_dir: str | Path, run: AblationRun, progress: bool = True) 
     table.insert(1, "synthetic", parts.str[0])
     table.insert(2, "training", parts.str[1])
     table.insert(3, "n_negatives", parts.str[2].astype(int))
-    table.to_csv(out / "ablations.csv", index=False)
-    atomic_write_text(out / "ablations.md", format_markdown(table))
-    atomic_write_json(
-        out / "metrics.json",
-        {
-            "stage": "ablations",
-            "run": json.loads(json.dumps(asdict(run), default=str)),
-            "synthetic_sets": synthetic_sets,
-            "table": table.to_dict(orient="records"),
-            "seconds": round(time.time() - t0, 1),
-        },
+    write_results(
+        out, "ablations", table, "ablations", run, synthetic_sets=synthetic_sets, seconds=round(time.time() - t0, 1)
     )
     return {"table": table}

@@ -382,19 +382,16 @@ def _cmd_synthesize(args) -> int:
     return 0
 
 
+def _training_settings(args) -> dict:
+    """Return the settings `synood finetune` and `synood ablate` share, as run-dataclass fields."""
+    names = ("clip", "pretrained", "adapter_epochs", "label_epochs", "n_boot", "device")
+    return {"benchmark_root": args.benchmark, **{name: getattr(args, name) for name in names}}
+
+
 def _cmd_finetune(args) -> int:
     from .experiments import SynoodRun, run_synood
 
-    run = SynoodRun(
-        synthetic=args.synthetic,
-        clip=args.clip,
-        pretrained=args.pretrained,
-        benchmark_root=args.benchmark,
-        adapter_epochs=args.adapter_epochs,
-        label_epochs=args.label_epochs,
-        n_boot=args.n_boot,
-        device=args.device,
-    )
+    run = SynoodRun(synthetic=args.synthetic, **_training_settings(args))
     t = time.time()
     result = run_synood(args.out, run)
     print((Path(args.out) / "synood.md").read_text())
@@ -420,13 +417,7 @@ def _cmd_ablate(args) -> int:
         synthetic=tuple(synthetic),
         n_negatives=tuple(counts),
         trainings=tuple(t.strip() for t in args.trainings.split(",")),
-        clip=args.clip,
-        pretrained=args.pretrained,
-        benchmark_root=args.benchmark,
-        adapter_epochs=args.adapter_epochs,
-        label_epochs=args.label_epochs,
-        n_boot=args.n_boot,
-        device=args.device,
+        **_training_settings(args),
     )
     t = time.time()
     run_ablations(args.out, run)

@@ -23,10 +23,13 @@ __all__ = [
     "ZeroShotResult",
     "ZeroShotRun",
     "finetune_inputs",
+    "id_class_names",
+    "image_set",
     "miniworld_mining_config",
     "run_evaluation",
     "run_synood",
     "run_zero_shot",
+    "write_results",
 ]
 
 
@@ -64,6 +67,21 @@ class ZeroShotResult:
     seconds: dict  # wall time per stage
 
 
+def write_results(out: Path, stem: str, table, stage: str, run, **metrics) -> None:
+    """Write a run's results table as ``{stem}.csv`` and ``{stem}.md``, and ``metrics.json`` holding the stage,
+    the run's settings, the table's rows and ``metrics``."""
+    from .evaluation import format_markdown
+    from .storage import atomic_write_json, atomic_write_text
+
+    table.to_csv(out / f"{stem}.csv", index=False)
+    atomic_write_text(out / f"{stem}.md", format_markdown(table))
+    settings = json.loads(json.dumps(asdict(run), default=str))
+    atomic_write_json(
+        out / "metrics.json",
+        {"stage": stage, "run": settings, "table": table.to_dict(orient="records"), **metrics},
+    )
+
+
 def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress: bool = True) -> ZeroShotResult:
     """Evaluate the zero-shot baselines on the mini-world benchmark and write the results.
 
@@ -80,13 +98,13 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
     """
     import matplotlib.pyplot as plt
 
-    from .evaluation import classifier_scores, clip_scores, format_markdown, ood_table, zero_shot_accuracy
+    from .evaluation import classifier_scores, clip_scores, ood_table, zero_shot_accuracy
     from .features import image_features, text_features
     from .miniworld.benchmark import OOD_SPLITS, open_benchmark, split_image_set
     from .models import load_clip
     from .negatives import NegativeLabels, mine_negative_labels
     from .plotting import score_histograms
-    from .storage import atomic_path, atomic_write_json, atomic_write_text
+    from .storage import atomic_path
 
     run = run or ZeroShotRun()
     out = Path(out_dir)
@@ -132,8 +150,6 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
     table = ood_table(scores, "id_test", list(OOD_SPLITS), n_boot=run.n_boot)
     seconds["scoring"] = time.time() - t
 
-    table.to_csv(out / "zero_shot.csv", index=False)
-    atomic_write_text(out / "zero_shot.md", format_markdown(table))
     fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 3.2), squeeze=False)
     for ax, (method, by_split) in zip(axes[0], scores.items(), strict=True):
         score_histograms(by_split, title=method, ax=ax)
@@ -141,21 +157,19 @@ def run_zero_shot(out_dir: str | Path, run: ZeroShotRun | None = None, progress:
     with atomic_path(out / "score_histograms.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    rows = table.to_dict(orient="records")
-    atomic_write_json(
-        out / "metrics.json",
-        {
-            "stage": "zero_shot",
-            "run": json.loads(json.dumps(asdict(run), default=str)),
-            "clip": clip.name,
-            "clip_fingerprint": clip.fingerprint,
-            "benchmark_root": str(root),
-            "accuracy": accuracy,
-            "negatives": {"count": len(negatives), "counts": negatives.provenance.get("counts")},
-            "table": rows,
-            "fpr_convention": table.attrs.get("fpr_convention", ""),
-            "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        },
+    write_results(
+        out,
+        "zero_shot",
+        table,
+        "zero_shot",
+        run,
+        clip=clip.name,
+        clip_fingerprint=clip.fingerprint,
+        benchmark_root=str(root),
+        accuracy=accuracy,
+        negatives={"count": len(negatives), "counts": negatives.provenance.get("counts")},
+        fpr_convention=table.attrs.get("fpr_convention", ""),
+        seconds={k: round(v, 1) for k, v in seconds.items()},
     )
     return ZeroShotResult(table, scores, accuracy, negatives, out, seconds)
 
@@ -237,12 +251,11 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
     """
     import torch
 
-    from .evaluation import format_markdown, ood_table
+    from .evaluation import ood_table
     from .finetune import AdapterConfig, LabelTuneConfig, synood_score, train_adapter
     from .finetune_run import run_finetune
     from .miniworld.benchmark import OOD_SPLITS, open_benchmark
     from .models import load_clip
-    from .storage import atomic_write_json, atomic_write_text
 
     run = run or SynoodRun()
     out = Path(out_dir)
@@ -296,22 +309,19 @@ def run_synood(out_dir: str | Path, run: SynoodRun | None = None, progress: bool
         for name, kw in variants.items()
     }
     table = ood_table(scores, "id_test", list(OOD_SPLITS), n_boot=run.n_boot)
-    table.to_csv(out / "synood.csv", index=False)
-    atomic_write_text(out / "synood.md", format_markdown(table))
-    atomic_write_json(
-        out / "metrics.json",
-        {
-            "stage": "synood",
-            "run": json.loads(json.dumps(asdict(run), default=str)),
-            "clip_fingerprint": clip.fingerprint,
-            "n_synthetic": len(syn),
-            "n_negatives": len(negatives),
-            "distinct_negative_labels_assigned": int(torch.unique(syn_index).numel()),
-            "adapter_final_loss": logs_a[-1].loss,
-            "labels_final_loss": logs_b[-1].loss,
-            "table": table.to_dict(orient="records"),
-            "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        },
+    write_results(
+        out,
+        "synood",
+        table,
+        "synood",
+        run,
+        clip_fingerprint=clip.fingerprint,
+        n_synthetic=len(syn),
+        n_negatives=len(negatives),
+        distinct_negative_labels_assigned=int(torch.unique(syn_index).numel()),
+        adapter_final_loss=logs_a[-1].loss,
+        labels_final_loss=logs_b[-1].loss,
+        seconds={k: round(v, 1) for k, v in seconds.items()},
     )
     return {"table": table, "scores": scores, "logs": {"adapter": logs_a, "labels": logs_b}}
 
@@ -380,12 +390,11 @@ def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = Tru
     ``metrics.json`` and, with ``ledger_benchmark``, ``ledger.csv``.
     """
 
-    from .evaluation import classifier_scores, clip_scores, format_markdown, ood_table
+    from .evaluation import classifier_scores, clip_scores, ood_table
     from .features import image_features, text_features
     from .finetune import load_finetune, synood_score
     from .models import load_clip
     from .negatives import NegativeLabels, mine_negative_labels
-    from .storage import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -420,8 +429,6 @@ def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = Tru
             classifier_scores({s: classifier_logits(clf, v, progress=progress).features for s, v in sets.items()})
         )
     table = ood_table(scores, "id", [n for n, _ in run.ood_sources], n_boot=run.n_boot)
-    table.to_csv(out / "evaluation.csv", index=False)
-    atomic_write_text(out / "evaluation.md", format_markdown(table))
     result = {"table": table, "scores": scores}
     if run.ledger_benchmark:
         from .ledger import ledger
@@ -429,14 +436,13 @@ def run_evaluation(out_dir: str | Path, run: EvaluationRun, progress: bool = Tru
         book = ledger(table, run.ledger_benchmark)
         book.to_csv(out / "ledger.csv", index=False)
         result["ledger"] = book
-    atomic_write_json(
-        out / "metrics.json",
-        {
-            "stage": "evaluation",
-            "run": json.loads(json.dumps(asdict(run), default=str)),
-            "n": {s: len(v) for s, v in sets.items()},
-            "table": table.to_dict(orient="records"),
-            "fpr_convention": table.attrs.get("fpr_convention", ""),
-        },
+    write_results(
+        out,
+        "evaluation",
+        table,
+        "evaluation",
+        run,
+        n={s: len(v) for s, v in sets.items()},
+        fpr_convention=table.attrs.get("fpr_convention", ""),
     )
     return result

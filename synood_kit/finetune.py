@@ -114,6 +114,13 @@ class ResidualAdapter(torch.nn.Module):
         """Return adapted, unit-norm features for ``(N, d)`` unnormalised image features."""
         return F.normalize(features + self.delta(features), dim=-1)
 
+    @classmethod
+    def seeded(cls, dim: int, seed: int, device: torch.device | str = "cpu") -> ResidualAdapter:
+        """Return an adapter initialised from ``seed`` on the CPU, then moved to ``device``: a seed gives the same
+        start on every device."""
+        torch.manual_seed(seed)
+        return cls(dim).to(device)
+
 
 def _batches(n: int, batch_size: int, epoch: int, seed: int) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
@@ -244,12 +251,13 @@ def label_steps(
     )
 
 
-def train_adapter(dim: int, *args, seed: int = 0, **kwargs) -> tuple[ResidualAdapter, list[TrainLog]]:
-    """Build a seeded :class:`ResidualAdapter` of width ``dim`` on the device of the ID features (initialised on
-    the CPU, so a seed gives the same start on every device), run :func:`adapter_steps` to the end, return both."""
-    torch.manual_seed(seed)
-    adapter = ResidualAdapter(dim).to(args[0].device if args else kwargs["id_features"].device)
-    logs = list(adapter_steps(adapter, *args, **kwargs))
+def train_adapter(
+    dim: int, id_features: torch.Tensor, *args, seed: int = 0, **kwargs
+) -> tuple[ResidualAdapter, list[TrainLog]]:
+    """Build a :meth:`~ResidualAdapter.seeded` adapter of width ``dim`` on the device of ``id_features``, run
+    :func:`adapter_steps` to the end, return both."""
+    adapter = ResidualAdapter.seeded(dim, seed, id_features.device)
+    logs = list(adapter_steps(adapter, id_features, *args, **kwargs))
     return adapter, logs
 
 
@@ -277,21 +285,18 @@ def train_joint(
     Returns:
         ``(adapter, tuned negative rows (K, d) float32, logs)``.
     """
-    torch.manual_seed(seed)
-    adapter = ResidualAdapter(id_text.shape[1]).to(id_features.device)
     rows = torch.nn.Parameter(neg_text.detach().clone().float())
-    logs = list(
-        adapter_steps(
-            adapter,
-            id_features,
-            id_labels,
-            syn_features,
-            syn_negative_index,
-            id_text,
-            neg_text,
-            config,
-            tuned_rows=rows,
-        )
+    adapter, logs = train_adapter(
+        id_text.shape[1],
+        id_features,
+        id_labels,
+        syn_features,
+        syn_negative_index,
+        id_text,
+        neg_text,
+        config,
+        seed=seed,
+        tuned_rows=rows,
     )
     return adapter, rows.detach(), logs
 

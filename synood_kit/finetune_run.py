@@ -177,8 +177,7 @@ def finetune_run_steps(
         ckpt = _load_checkpoint(out / "checkpoint.safetensors", key)
         if result.is_file() and ckpt is not None and ckpt["stage"] == "done":
             return
-        torch.manual_seed(seed)
-        adapter = ResidualAdapter(id_text.shape[1]).to(id_features.device)  # CPU init: the same start on any device
+        adapter = ResidualAdapter.seeded(id_text.shape[1], seed, id_features.device)
         rows = torch.nn.Parameter(neg_text.detach().clone().float())
         if ckpt is not None:
             adapter.load_state_dict(ckpt["adapter"])

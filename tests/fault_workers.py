@@ -44,6 +44,15 @@ def synthesis_config():
     )
 
 
+def extract_features(encoder, folder, cache):
+    """The feature extraction every fault test interrupts: one image per batch, two per shard."""
+    from synood_kit.data import ImageSet
+    from synood_kit.features import image_features
+
+    image_set = ImageSet.from_folder(folder, labelled=False)
+    return image_features(encoder, image_set, cache_root=cache, batch_size=1, shard_size=2, progress=False)
+
+
 def brightness(images):
     return images.mean(dim=(1, 2, 3))
 
@@ -113,14 +122,12 @@ def main(argv):
         for _ in synthesize(pipe, sources, brightness, args[1], synthesis_config(), progress=False):
             pass
     elif job == "features":
-        from synood_kit.data import ImageSet
-        from synood_kit.features import image_features
         from synood_kit.models import load_clip
 
-        encoder, image_set = SlowEncoder(load_clip(args[0])), ImageSet.from_folder(args[1], labelled=False)
+        encoder = SlowEncoder(load_clip(args[0]))
         print("ready", flush=True)
         start = time.perf_counter()
-        image_features(encoder, image_set, cache_root=args[2], batch_size=1, shard_size=2, progress=False)
+        extract_features(encoder, args[1], args[2])
     elif job == "finetune":
         from synood_kit.finetune_run import finetune_run_steps
 

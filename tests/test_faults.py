@@ -22,8 +22,6 @@ import pytest
 import torch
 from PIL import Image
 
-from synood_kit.data import ImageSet
-from synood_kit.features import image_features
 from synood_kit.finetune_run import finetune_run_steps, read_run_logs, run_finetune
 from synood_kit.storage import OutputError, read_jsonl
 from synood_kit.synthesis import read_records, synthesize
@@ -176,14 +174,7 @@ def features_reference(clip_and_images, tmp_path_factory):
     encoder = fw.SlowEncoder(load_clip(str(clip_dir)))
     with one_thread():
         start = time.perf_counter()
-        fs = image_features(
-            encoder,
-            ImageSet.from_folder(images, labelled=False),
-            cache_root=tmp_path_factory.mktemp("feat_ref"),
-            batch_size=1,
-            shard_size=2,
-            progress=False,
-        )
+        fs = fw.extract_features(encoder, images, tmp_path_factory.mktemp("feat_ref"))
         return fs, time.perf_counter() - start, encoder
 
 
@@ -219,14 +210,7 @@ def test_feature_extraction_killed_five_times_at_random_moments_resumes_identica
     )
     assert all(p < 12 for p in progress) and any(p > 0 for p in progress), progress
     with one_thread():
-        fs = image_features(
-            encoder,
-            ImageSet.from_folder(images, labelled=False),
-            cache_root=cache,
-            batch_size=1,
-            shard_size=2,
-            progress=False,
-        )
+        fs = fw.extract_features(encoder, images, cache)
     _assert_same_features(fs, ref)
 
 
@@ -257,14 +241,7 @@ def test_two_extractions_sharing_one_cache_do_not_harm_each_other(clip_and_image
             raise AssertionError("every shard should be cached")
 
     with one_thread():
-        fs = image_features(
-            MustNotEncode(encoder.clip),
-            ImageSet.from_folder(images, labelled=False),
-            cache_root=cache,
-            batch_size=1,
-            shard_size=2,
-            progress=False,
-        )
+        fs = fw.extract_features(MustNotEncode(encoder.clip), images, cache)
     _assert_same_features(fs, ref)
 
 
@@ -393,17 +370,16 @@ def test_feature_extraction_on_a_full_disk_stops_clearly_and_keeps_earlier_shard
 ):
     _, images = clip_and_images
     ref, _, encoder = features_reference
-    image_set = ImageSet.from_folder(images, labelled=False)
     # renames: info.json, then one per shard
     with (
         one_thread(),
         failing_replace(after=4, err=errno.ENOSPC),
         pytest.raises(OutputError, match="shard-00003.*disk is full"),
     ):
-        image_features(encoder, image_set, cache_root=tmp_path, batch_size=1, shard_size=2, progress=False)
+        fw.extract_features(encoder, images, tmp_path)
     assert _check_feature_cache(tmp_path) == 3
     with one_thread():
-        fs = image_features(encoder, image_set, cache_root=tmp_path, batch_size=1, shard_size=2, progress=False)
+        fs = fw.extract_features(encoder, images, tmp_path)
     _assert_same_features(fs, ref)
 
 

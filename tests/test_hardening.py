@@ -4,6 +4,7 @@ lists each case with the test that covers it."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import logging
@@ -12,6 +13,7 @@ import os
 import threading
 from pathlib import Path
 
+import fault_workers
 import pytest
 import torch
 from PIL import Image
@@ -348,8 +350,6 @@ def test_a_damaged_feature_cache_shard_is_recomputed_with_a_warning(tiny_clip, t
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    import fault_workers
-
     from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
 
     tok = build_tokenizer()
@@ -359,17 +359,8 @@ def pipe(tmp_path_factory):
     return fault_workers.load_pipe(folder)
 
 
-CONFIG = SynthesisConfig(
-    inpaint=InpaintConfig(num_inference_steps=4, guidance_scale=2.0),
-    guidance=GuidanceConfig(rounds=1, target=0.0, step_size=0.5, normalize="unit"),
-    scorer="mean-brightness",
-    seed=1,
-    batch_size=2,
-)
-
-
-def _brightness(images):
-    return images.mean(dim=(1, 2, 3))
+CONFIG = dataclasses.replace(fault_workers.synthesis_config(), seed=1, batch_size=2)
+_brightness = fault_workers.brightness
 
 
 def _good_sources(n):
@@ -488,7 +479,6 @@ def test_a_trainer_optimizer_state_with_pickled_code_is_refused(tmp_path):
 
 
 def test_every_weights_file_the_kit_writes_is_safetensors(tiny_clip, tiny_clip_dir, clf_folder, tmp_path):
-    import fault_workers
     from safetensors import safe_open
 
     from synood_kit.features import image_features, text_features
