@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from synood_kit.finetune import AdapterConfig, LabelTuneConfig, train_adapter, tune_labels
+from synood_kit.finetune import AdapterConfig, FinetuneData, LabelTuneConfig, train_adapter, tune_labels
 
 
 def finetune_seconds(n: int, dim: int, n_id: int, n_neg: int) -> float:
@@ -24,8 +24,9 @@ def finetune_seconds(n: int, dim: int, n_id: int, n_neg: int) -> float:
     id_feats, id_labels = torch.randn(half, dim, generator=g), torch.randint(0, n_id, (half,), generator=g)
     syn_feats, syn_index = torch.randn(n - half, dim, generator=g), torch.randint(0, n_neg, (n - half,), generator=g)
     t = time.perf_counter()
-    train_adapter(dim, id_feats, id_labels, syn_feats, syn_index, id_text, neg_text, config=AdapterConfig())
-    tune_labels(neg_text, syn_feats, syn_index, LabelTuneConfig())
+    data = FinetuneData(id_feats, id_labels, syn_feats, syn_index, id_text, neg_text)
+    train_adapter(data, AdapterConfig())
+    tune_labels(data, LabelTuneConfig())
     return time.perf_counter() - t
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "cache_dir",
     "from_dict",
     "read_config",
+    "read_table",
     "repo_root",
 ]
 
@@ -48,8 +49,13 @@ class CorpusConfig:
     exclude_lexnames: tuple[str, ...] = ()  # ("noun.animal", "noun.food") reproduces the official files
     parts_of_speech: tuple[str, ...] = ("noun", "adj")  # NegLabel mines nouns and adjectives separately
     extra_words: tuple[tuple[str, str], ...] = ()  # (word, "noun"|"adj") pairs appended, e.g. a domain vocabulary
+    max_words: int | None = None  # cap per part of speech: an evenly spaced sample of WordNet (quick runs); None: all
 
     def __post_init__(self) -> None:
+        if self.max_words is not None and (
+            isinstance(self.max_words, bool) or not isinstance(self.max_words, int) or self.max_words < 1
+        ):
+            raise ValueError(f"CorpusConfig.max_words must be None or an integer >= 1, got {self.max_words!r}")
         if self.lemmas not in ("first", "all"):
             raise ValueError(f"CorpusConfig.lemmas must be 'first' or 'all', got {self.lemmas!r}")
         if not self.parts_of_speech or not set(self.parts_of_speech) <= {"noun", "adj"}:
@@ -166,21 +172,20 @@ def _checked_type(value, default, where: str):
     raise TypeError(f"{where}: expected {expected.__name__} (like the default {default!r}), got {value!r}")
 
 
-def read_config(path: str | Path, cls, section: str | None = None):
-    """Return the dataclass ``cls`` built from a JSON or TOML file (by suffix), e.g. ``read_config("run.toml",
-    MiningConfig)``.
-
-    Args:
-        path: a ``.json`` or ``.toml`` file whose (section's) keys are ``cls`` fields; nested dataclasses are
-            nested tables / objects; unset fields keep their defaults.
-        cls: the dataclass.
-        section: read this top-level table / key instead of the whole file.
+def read_table(path: str | Path) -> dict:
+    """Return the top-level table of a JSON or TOML file (by suffix).
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if it is not valid JSON/TOML, lacks ``section``, has unknown keys or refused values.
-        TypeError: if a value has the wrong type.
+        ValueError: if it is not a .json/.toml file, not valid JSON/TOML, or not a table at the top.
     """
+    values = _read_values(path)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a table (an object) at the top, got {type(values).__name__}")
+    return values
+
+
+def _read_values(path: str | Path):
     import json
 
     path = Path(path)
@@ -189,15 +194,37 @@ def read_config(path: str | Path, cls, section: str | None = None):
     if path.suffix.lower() not in (".json", ".toml"):
         raise ValueError(f"{path}: expected a .json or .toml config file, got suffix {path.suffix!r}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
         values = json.loads(text) if path.suffix.lower() == ".json" else _toml().loads(text)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
         raise ValueError(f"{path} is not valid {path.suffix[1:].upper()} ({type(e).__name__}: {e})") from None
+    return values
+
+
+def read_config(path: str | Path, cls, section: str | None = None, defaults: dict | None = None):
+    """Return the dataclass ``cls`` built from a JSON or TOML file (by suffix), e.g. ``read_config("run.toml",
+    MiningConfig)``.
+
+    Args:
+        path: a ``.json`` or ``.toml`` file whose (section's) keys are ``cls`` fields; nested dataclasses are
+            nested tables / objects; unset fields keep their defaults.
+        cls: the dataclass.
+        section: read this top-level table / key instead of the whole file.
+        defaults: values for top-level fields the file leaves out (before the dataclass defaults).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not valid JSON/TOML, lacks ``section``, has unknown keys or refused values.
+        TypeError: if a value has the wrong type.
+    """
+    values = _read_values(path)
     where = str(path)
     if section is not None:
         if not isinstance(values, dict) or section not in values:
             raise ValueError(f"{path} has no section {section!r}")
         values, where = values[section], f"{path}[{section}]"
+    if defaults and isinstance(values, dict):
+        values = {**defaults, **values}
     return from_dict(cls, values, where)
 
 

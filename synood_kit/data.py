@@ -157,6 +157,20 @@ class ImageSet:
         """Return the items at ``indices`` (in that order) as a new set."""
         return ImageSet(name or self.name, self.root, tuple(self.items[i] for i in indices), self.class_names)
 
+    def sample(self, n: int | None, seed: int = 0) -> ImageSet:
+        """Return ``n`` images drawn without replacement with a fixed seed, in the set's order (all of them when
+        ``n`` is ``None`` or at least the set's size); the name says so, so feature caches keep them apart.
+
+        Raises:
+            ValueError: if ``n`` is below 1.
+        """
+        if n is None or n >= len(self.items):
+            return self
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"a sample needs n >= 1 images, got {n!r}")
+        picked = np.sort(np.random.default_rng(seed).choice(len(self.items), n, replace=False))
+        return self.subset(picked.tolist(), name=f"{self.name}-sample{n}-seed{seed}")
+
     @classmethod
     def from_folder(
         cls,

@@ -23,7 +23,9 @@ __all__ = [
     "classifier_scores",
     "clip_scores",
     "format_markdown",
+    "group_metrics",
     "ood_table",
+    "table_value",
     "zero_shot_accuracy",
 ]
 
@@ -70,9 +72,8 @@ def clip_scores(
     if negatives is not None:
         id_text = text_features(clip, [nl.id_prompt.format(c) for c in id_class_names], cache_root, progress=False)
         neg_text = negatives.text_features(clip, cache_root=cache_root, progress=False)
-        groups = nl.n_groups if nl.n_groups is None else min(nl.n_groups, len(neg_text))
         out["NegLabel"] = {
-            split: neglabel_score(feats, id_text, neg_text, nl.temperature, groups, nl.seed).double().numpy()
+            split: neglabel_score(feats, id_text, neg_text, nl.temperature, nl.n_groups, nl.seed).double().numpy()
             for split, feats in features.items()
         }
     return out
@@ -181,3 +182,40 @@ def format_markdown(table, columns: tuple[str, ...] = METRIC_COLUMNS, digits: in
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def table_value(table, method: str, ood_set: str, metric: str = "FPR95_IDpos") -> float:
+    """Return one cell of an :func:`ood_table` (a fraction).
+
+    Raises:
+        KeyError: when the table has no such row, naming the methods and sets it has.
+    """
+    rows = table[(table["method"] == method) & (table["ood_set"] == ood_set)]
+    if len(rows) != 1:
+        raise KeyError(
+            f"no single row for method {method!r} and OOD set {ood_set!r}; methods {sorted(table['method'].unique())}, "
+            f"sets {sorted(table['ood_set'].unique())}"
+        )
+    return float(rows[metric].iloc[0])
+
+
+def group_metrics(
+    table, groups: dict[str, tuple[str, ...]], metrics: tuple[str, ...] = ("FPR95_IDpos", "AUROC")
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Return each method's metrics averaged over each group of OOD splits (e.g. a benchmark's near and far).
+
+    Args:
+        table: an :func:`ood_table`.
+        groups: ``{group: OOD split names}``, e.g. :attr:`synood_kit.benchmark.Benchmark.groups`.
+        metrics: the metrics averaged.
+
+    Returns:
+        ``{method: {group: {metric: mean over the group's splits}}}`` (fractions).
+    """
+    return {
+        method: {
+            group: {m: float(np.mean([table_value(table, method, s, m) for s in splits])) for m in metrics}
+            for group, splits in groups.items()
+        }
+        for method in table["method"].unique()
+    }

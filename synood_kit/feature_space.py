@@ -17,7 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["boundary_distance", "boundary_geometry", "log_score", "score_field", "umap_embedding"]
+__all__ = [
+    "boundary_distance",
+    "boundary_geometry",
+    "boundary_table",
+    "embedding_panel",
+    "log_score",
+    "score_field",
+    "umap_embedding",
+]
 
 
 def log_score(
@@ -127,3 +135,92 @@ def score_field(
     nearest, _ = model.kneighbors(cells, n_neighbors=1)
     grid[nearest[:, 0] > reach * float(np.linalg.norm(hi - lo))] = np.nan
     return (lo[0], hi[0], lo[1], hi[1]), grid.reshape(resolution, resolution)
+
+
+def boundary_table(
+    features: dict[str, torch.Tensor],
+    id_text: torch.Tensor,
+    neg_text: torch.Tensor,
+    adapter=None,
+    threshold_set: str = "id_test",
+    quantile: float = 0.05,
+    **neglabel_kw,
+):
+    """Return where each set of samples sits relative to the detector's decision boundary.
+
+    The threshold is the ``quantile`` of ``threshold_set``'s scores (0.05: the one that keeps 95% of ID test
+    images, FPR95's); each sample's distance is :func:`boundary_distance` of its :func:`boundary_geometry`.
+
+    Args:
+        features: ``{set name: (N, d) CLIP image features}``; must hold ``threshold_set``.
+        id_text, neg_text: ID and negative label features (stage-B rows substituted in ``neg_text``).
+        adapter: a stage-A adapter (``None``: zero-shot NegLabel).
+        threshold_set: the set whose score quantile is the threshold.
+        quantile: that quantile.
+        neglabel_kw: NegLabel settings (``temperature``, ``n_groups``, ``seed``).
+
+    Returns:
+        ``(table, log_threshold, log_scores)``: a ``pandas.DataFrame`` with one row per set (``set``, ``n``,
+        ``median distance to boundary``, ``share on the ID side``, ``median log score``), the log-threshold, and
+        ``{set: (N,) log-scores}``.
+    """
+    import pandas as pd
+
+    if threshold_set not in features:
+        raise ValueError(f"features lack the threshold set {threshold_set!r} (have {sorted(features)})")
+    geometry = {name: boundary_geometry(f, id_text, neg_text, adapter, **neglabel_kw) for name, f in features.items()}
+    log_t = float(np.quantile(geometry[threshold_set][0], quantile))
+    rows = []
+    for name, (s, slope) in geometry.items():
+        d = boundary_distance(s, slope, log_t)
+        rows.append(
+            {
+                "set": name,
+                "n": len(s),
+                "median distance to boundary": float(np.median(d)),
+                "share on the ID side": float((s > log_t).mean()),
+                "median log score": float(np.median(s)),
+            }
+        )
+    return pd.DataFrame(rows), log_t, {name: s for name, (s, _) in geometry.items()}
+
+
+def embedding_panel(
+    features: dict[str, torch.Tensor],
+    picked: dict[str, np.ndarray],
+    log_scores: dict[str, np.ndarray],
+    anchor_text: torch.Tensor,
+    adapter=None,
+    cache_dir: str | Path | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+):
+    """Embed chosen samples of several sets and text anchors with one UMAP, and interpolate their log-scores.
+
+    Args:
+        features: ``{set: (N, d) image features}``.
+        picked: ``{set: row indices}`` drawn from each set (a fixed-seed sample).
+        log_scores: ``{set: (N,) log-scores}`` (from :func:`boundary_table`), the colour field's values.
+        anchor_text: ``(A, d)`` text features drawn as anchors (e.g. the assigned negative labels).
+        adapter: the stage-A adapter applied to image features (``None``: unit-normalised features).
+        cache_dir, n_neighbors, min_dist, seed: :func:`umap_embedding`'s.
+
+    Returns:
+        ``(xy, groups, anchors, field)`` for :func:`synood_kit.plotting.boundary_map`: the ``(N, 2)`` embedding,
+        ``{set: row indices into xy}``, the anchors' rows, and :func:`score_field` over the image rows.
+    """
+    parts, groups, start = [], {}, 0
+    with torch.no_grad():
+        for name, idx in picked.items():
+            f = features[name][idx].float()
+            parts.append(adapter(f) if adapter is not None else F.normalize(f, dim=-1))
+            groups[name] = np.arange(start, start + len(idx))
+            start += len(idx)
+        parts.append(F.normalize(anchor_text.float(), dim=-1))
+    anchors = np.arange(start, start + len(anchor_text))
+    points = torch.cat(parts).numpy()
+    xy = umap_embedding(points, cache_dir, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
+    image_rows = np.concatenate(list(groups.values()))
+    values = np.concatenate([log_scores[name][idx] for name, idx in picked.items()])
+    return xy, groups, anchors, score_field(xy[image_rows], values)

@@ -25,7 +25,7 @@ from .config import cache_dir
 from .data import ImageSet, load_image
 from .storage import atomic_path, atomic_write_json, remove_stale_temporaries, sha256_text
 
-__all__ = ["FeatureSet", "image_features", "text_features"]
+__all__ = ["FeatureSet", "extract_features", "image_features", "text_features"]
 
 
 def text_features(
@@ -129,70 +129,8 @@ def image_features(
     Returns:
         A :class:`FeatureSet` in ``image_set`` order, without the skipped images.
     """
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
-    transform = encoder.transform
-    key = sha256_text(f"{transform.description}\n{image_set.fingerprint()}\n{shard_size}")
-    folder = Path(cache_root or cache_dir()) / "image_features" / encoder.fingerprint / f"{image_set.name}-{key}"
-    if use_cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(folder)
-        atomic_write_json(
-            folder / "info.json",
-            {
-                "encoder": encoder.fingerprint,
-                "set": image_set.name,
-                "n": len(image_set),
-                "transform": transform.description,
-            },
-        )
-    n_shards = (len(image_set) + shard_size - 1) // shard_size
-    shards: list[dict] = []
-    bar = tqdm(total=len(image_set), desc=f"features {image_set.name}", unit="img", disable=not progress)
-    device = next(encoder.model.parameters()).device
-    for s in range(n_shards):
-        lo, hi = s * shard_size, min(len(image_set), (s + 1) * shard_size)
-        path = folder / f"shard-{s:05d}.safetensors"
-        if use_cache and path.is_file():
-            shard = _read_shard(path, lo, hi)
-            if shard is not None:
-                shards.append(shard)
-                bar.update(hi - lo)
-                continue
-        loader = torch.utils.data.DataLoader(
-            _ImageDataset(image_set, list(range(lo, hi)), transform),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_collate,
-        )
-        index, feats, skipped = [], [], []
-        with torch.no_grad():
-            for idx, xs, bad in loader:
-                if xs is not None:
-                    feats.append(encoder.encode_inputs(xs.to(device)).float().cpu())
-                    index.extend(idx)
-                for i, reason in bad:
-                    item = image_set.items[i]
-                    skipped.append({"id": item.id, "path": str(item.path), "reason": reason})
-                bar.update(len(idx) + len(bad))
-        dim = feats[0].shape[1] if feats else 0
-        shard = {
-            "index": torch.tensor(index, dtype=torch.int64),
-            "features": torch.cat(feats) if feats else torch.zeros((0, dim)),
-            "skipped": skipped,
-        }
-        if use_cache:
-            with atomic_path(path) as tmp:
-                save_file(
-                    {"index": shard["index"], "features": shard["features"].contiguous()},
-                    str(tmp),
-                    metadata={"skipped": json.dumps(skipped)},
-                )
-        shards.append(shard)
-    bar.close()
+    extraction = _Extraction(encoder, image_set, cache_root, batch_size, num_workers, shard_size, use_cache)
+    shards = list(extraction.shards(range(extraction.n_shards), progress))
     dims = {s["features"].shape[1] for s in shards if len(s["features"])}
     if not dims:
         raise ValueError(f"no image of {image_set.name!r} could be read; first problems: {shards[0]['skipped'][:3]}")
@@ -203,8 +141,119 @@ def image_features(
         labels=image_set.labels[index],
         ids=[image_set.items[i].id for i in index],
         skipped=[rec for s in shards for rec in s["skipped"]],
-        cache_path=folder if use_cache else None,
+        cache_path=extraction.folder if use_cache else None,
     )
+
+
+def extract_features(
+    encoder,
+    image_set: ImageSet,
+    rank: int = 0,
+    world_size: int = 1,
+    cache_root: str | Path | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    shard_size: int = 4096,
+    progress: bool = True,
+) -> dict:
+    """Compute this process's share of an image set's feature cache: shards ``s`` with ``s % world_size == rank``.
+
+    Run one per process (``accelerate launch`` / ``torchrun`` set the rank): the shards are disjoint, every
+    process writes into the same cache, a shard already there is kept, and a killed process loses at most the
+    shard it was writing. Afterwards :func:`image_features` reads the whole set from the cache.
+
+    Returns:
+        ``{"shards": shards of this process, "images": their images, "skipped": unreadable images among them}``.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    extraction = _Extraction(encoder, image_set, cache_root, batch_size, num_workers, shard_size, True)
+    mine = [s for s in range(extraction.n_shards) if s % world_size == rank]
+    shards = list(extraction.shards(mine, progress))
+    return {
+        "shards": len(mine),
+        "images": sum(len(s["index"]) + len(s["skipped"]) for s in shards),
+        "skipped": sum(len(s["skipped"]) for s in shards),
+    }
+
+
+class _Extraction:
+    """One image set's feature cache: its folder, and its shards read from there or computed and written."""
+
+    def __init__(self, encoder, image_set, cache_root, batch_size, num_workers, shard_size, use_cache):
+        if shard_size < 1 or batch_size < 1:
+            raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+        self.encoder, self.image_set, self.use_cache = encoder, image_set, use_cache
+        self.batch_size, self.num_workers, self.shard_size = batch_size, num_workers, shard_size
+        transform = encoder.transform
+        key = sha256_text(f"{transform.description}\n{image_set.fingerprint()}\n{shard_size}")
+        self.folder = (
+            Path(cache_root or cache_dir()) / "image_features" / encoder.fingerprint / f"{image_set.name}-{key}"
+        )
+        self.n_shards = (len(image_set) + shard_size - 1) // shard_size
+        if use_cache:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.folder)
+            atomic_write_json(
+                self.folder / "info.json",
+                {
+                    "encoder": encoder.fingerprint,
+                    "set": image_set.name,
+                    "n": len(image_set),
+                    "transform": transform.description,
+                },
+            )
+
+    def shards(self, numbers, progress: bool):
+        """Yield shard ``s`` for each of ``numbers``: read from the cache, or computed (and written)."""
+        from safetensors.torch import save_file
+        from tqdm.auto import tqdm
+
+        image_set, size = self.image_set, self.shard_size
+        numbers = list(numbers)
+        total = sum(min(len(image_set), (s + 1) * size) - s * size for s in numbers)
+        bar = tqdm(total=total, desc=f"features {image_set.name}", unit="img", disable=not progress)
+        device = next(self.encoder.model.parameters()).device
+        for s in numbers:
+            lo, hi = s * size, min(len(image_set), (s + 1) * size)
+            path = self.folder / f"shard-{s:05d}.safetensors"
+            if self.use_cache and path.is_file():
+                shard = _read_shard(path, lo, hi)
+                if shard is not None:
+                    bar.update(hi - lo)
+                    yield shard
+                    continue
+            loader = torch.utils.data.DataLoader(
+                _ImageDataset(image_set, list(range(lo, hi)), self.encoder.transform),
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                collate_fn=_collate,
+            )
+            index, feats, skipped = [], [], []
+            with torch.no_grad():
+                for idx, xs, bad in loader:
+                    if xs is not None:
+                        feats.append(self.encoder.encode_inputs(xs.to(device)).float().cpu())
+                        index.extend(idx)
+                    for i, reason in bad:
+                        item = image_set.items[i]
+                        skipped.append({"id": item.id, "path": str(item.path), "reason": reason})
+                    bar.update(len(idx) + len(bad))
+            dim = feats[0].shape[1] if feats else 0
+            shard = {
+                "index": torch.tensor(index, dtype=torch.int64),
+                "features": torch.cat(feats) if feats else torch.zeros((0, dim)),
+                "skipped": skipped,
+            }
+            if self.use_cache:
+                with atomic_path(path) as tmp:
+                    save_file(
+                        {"index": shard["index"], "features": shard["features"].contiguous()},
+                        str(tmp),
+                        metadata={"skipped": json.dumps(skipped)},
+                    )
+            yield shard
+        bar.close()
 
 
 def _read_cache_file(path: Path, what: str, valid) -> dict | None:

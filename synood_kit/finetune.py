@@ -1,4 +1,4 @@
-"""SynOOD stage 6: fine-tuning on cached CLIP features (METHOD.md), and the SynOOD score (stage 7).
+"""SynOOD stage 6: fine-tuning on cached CLIP features, and the SynOOD score (docs/method.md, stages 6-7).
 
 * **Stage A**, a residual image adapter ``f' = norm(f + delta(f))`` with ``delta = Linear -> LayerNorm -> ReLU``
   on the unnormalised image embedding, trained with cross-entropy over ``[ID labels + mined negatives]`` at
@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "AdapterConfig",
+    "FinetuneData",
     "LabelTuneConfig",
     "ResidualAdapter",
     "TrainLog",
@@ -34,6 +35,7 @@ __all__ = [
     "label_steps",
     "load_finetune",
     "save_finetune",
+    "substitute_rows",
     "synood_score",
     "train_adapter",
     "train_joint",
@@ -103,6 +105,54 @@ class TrainLog:
     seconds: float  # since the stage started
 
 
+@dataclass(frozen=True)
+class FinetuneData:
+    """What fine-tuning trains on, as one bundle of cached CLIP features (all on one device).
+
+    ID images target their class among the ``C`` ID labels; synthetic images target their mined negative label
+    among the ``K`` negatives (docs/method.md, stages 5-6).
+    """
+
+    id_features: torch.Tensor  # (N, d) unnormalised ID training image features
+    id_labels: torch.Tensor  # (N,) int64 class indices in [0, C)
+    syn_features: torch.Tensor  # (M, d) unnormalised synthetic image features (M may be 0: the ID-only control)
+    syn_index: torch.Tensor  # (M,) int64 each synthetic image's negative label, a row of neg_text
+    id_text: torch.Tensor  # (C, d) ID label text features ("the nice {class}")
+    neg_text: torch.Tensor  # (K, d) negative label text features, in the saved list's order
+
+    def __post_init__(self) -> None:
+        d = self.id_text.shape[-1]
+        shapes = {k: tuple(getattr(self, k).shape) for k in ("id_features", "syn_features", "id_text", "neg_text")}
+        if any(len(s) != 2 or s[1] != d for s in shapes.values()):
+            raise ValueError(f"FinetuneData: every feature matrix needs width {d}, got {shapes}")
+        if self.id_labels.shape != (len(self.id_features),) or self.syn_index.shape != (len(self.syn_features),):
+            raise ValueError(
+                f"FinetuneData: one label per feature row: {len(self.id_features)} ID features with labels of shape "
+                f"{tuple(self.id_labels.shape)}, {len(self.syn_features)} synthetic with {tuple(self.syn_index.shape)}"
+            )
+        for name, index, n in (
+            ("id_labels", self.id_labels, len(self.id_text)),
+            ("syn_index", self.syn_index, len(self.neg_text)),
+        ):
+            if len(index) and (int(index.min()) < 0 or int(index.max()) >= n):
+                raise ValueError(
+                    f"FinetuneData.{name} must lie in [0, {n}), got [{int(index.min())}, {int(index.max())}]"
+                )
+
+    @property
+    def dim(self) -> int:
+        """Return the feature width ``d``."""
+        return int(self.id_text.shape[-1])
+
+    def id_only(self) -> FinetuneData:
+        """Return the same data without synthetic images (the ID-only control)."""
+        return replace(self, syn_features=self.syn_features[:0], syn_index=self.syn_index[:0])
+
+    def with_negatives(self, neg_text: torch.Tensor, syn_index: torch.Tensor) -> FinetuneData:
+        """Return the same images against another negative-label set (e.g. the ``k`` farthest), re-indexed."""
+        return replace(self, neg_text=neg_text, syn_index=syn_index)
+
+
 class ResidualAdapter(torch.nn.Module):
     """``f' = normalize(f + delta(f))``, ``delta = Linear(d, d) -> LayerNorm(d) -> ReLU`` (263,680 parameters at d = 512)."""
 
@@ -160,12 +210,7 @@ def _adapter_schedule(config: AdapterConfig):
 
 def adapter_steps(
     adapter: ResidualAdapter,
-    id_features: torch.Tensor,
-    id_labels: torch.Tensor,
-    syn_features: torch.Tensor,
-    syn_negative_index: torch.Tensor,
-    id_text: torch.Tensor,
-    neg_text: torch.Tensor,
+    data: FinetuneData,
     config: AdapterConfig | None = None,
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
@@ -176,20 +221,18 @@ def adapter_steps(
 
     Args:
         adapter: the module to train.
-        id_features: ``(N, d)`` ID image features; ``id_labels`` ``(N,)`` in ``[0, C)``.
-        syn_features: ``(M, d)`` synthetic image features; ``syn_negative_index`` ``(M,)`` into ``neg_text``.
-        id_text: ``(C, d)`` ID label features; ``neg_text``: ``(K, d)`` negative label features.
+        data: ID and synthetic features, their targets and the label features.
         config: hyper-parameters.
         start_epoch, optimizer_state: resume from a checkpoint (see :func:`save_finetune`).
         on_epoch_end: ``f(epoch, optimizer_state)`` called after each epoch (write a checkpoint there).
-        tuned_rows: ``(K, d)`` float32 negative rows trained together with the adapter, in place of ``neg_text``
-            (the joint ablation, :func:`train_joint`); ``None``: the negatives stay fixed (stage A).
+        tuned_rows: ``(K, d)`` float32 negative rows trained together with the adapter, in place of
+            ``data.neg_text`` (the joint ablation, :func:`train_joint`); ``None``: the negatives stay fixed (stage A).
     """
     config = config or AdapterConfig()
-    id_rows = F.normalize(id_text.float(), dim=-1)
-    fixed = torch.cat([id_rows, F.normalize(neg_text.float(), dim=-1)])
-    x = torch.cat([id_features, syn_features]).float()
-    y = torch.cat([id_labels.long(), syn_negative_index.long() + len(id_text)])
+    id_rows = F.normalize(data.id_text.float(), dim=-1)
+    fixed = torch.cat([id_rows, F.normalize(data.neg_text.float(), dim=-1)])
+    x = torch.cat([data.id_features, data.syn_features]).float()
+    y = torch.cat([data.id_labels.long(), data.syn_index.long() + len(data.id_text)])
     params = [*adapter.parameters(), *([] if tuned_rows is None else [tuned_rows])]
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
@@ -215,8 +258,7 @@ def adapter_steps(
 
 def label_steps(
     neg_text: torch.nn.Parameter,
-    syn_features: torch.Tensor,
-    syn_negative_index: torch.Tensor,
+    data: FinetuneData,
     config: LabelTuneConfig | None = None,
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
@@ -226,7 +268,7 @@ def label_steps(
 
     Args:
         neg_text: ``(K, d)`` float32 parameter, initialised from the text encoder.
-        syn_features: ``(M, d)`` synthetic image features (no adapter); ``syn_negative_index`` ``(M,)``.
+        data: its synthetic features (no adapter) and their negative labels are what stage B trains on.
         config: hyper-parameters.
         start_epoch, optimizer_state: resume from a checkpoint.
         on_epoch_end: ``f(epoch, optimizer_state)`` called after each epoch (write a checkpoint there).
@@ -234,8 +276,8 @@ def label_steps(
     config = config or LabelTuneConfig()
     if neg_text.dtype != torch.float32:
         raise TypeError(f"neg_text must be float32 (fp16 parameters are an official-code defect), got {neg_text.dtype}")
-    x = F.normalize(syn_features.float(), dim=-1)
-    y = syn_negative_index.long()
+    x = F.normalize(data.syn_features.float(), dim=-1)
+    y = data.syn_index.long()
     opt = torch.optim.SGD([neg_text], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
@@ -252,31 +294,25 @@ def label_steps(
 
 
 def train_adapter(
-    dim: int, id_features: torch.Tensor, *args, seed: int = 0, **kwargs
+    data: FinetuneData, config: AdapterConfig | None = None, seed: int = 0, tuned_rows=None
 ) -> tuple[ResidualAdapter, list[TrainLog]]:
-    """Build a :meth:`~ResidualAdapter.seeded` adapter of width ``dim`` on the device of ``id_features``, run
-    :func:`adapter_steps` to the end, return both."""
-    adapter = ResidualAdapter.seeded(dim, seed, id_features.device)
-    logs = list(adapter_steps(adapter, id_features, *args, **kwargs))
+    """Build a :meth:`~ResidualAdapter.seeded` adapter on the device of ``data``, run :func:`adapter_steps` to the
+    end, return both."""
+    adapter = ResidualAdapter.seeded(data.dim, seed, data.id_features.device)
+    logs = list(adapter_steps(adapter, data, config, tuned_rows=tuned_rows))
     return adapter, logs
 
 
-def tune_labels(neg_text: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, list[TrainLog]]:
-    """Copy ``neg_text`` to a float32 parameter, run :func:`label_steps` to the end, return the tuned rows and logs."""
-    param = torch.nn.Parameter(neg_text.detach().clone().float())
-    logs = list(label_steps(param, *args, **kwargs))
+def tune_labels(data: FinetuneData, config: LabelTuneConfig | None = None) -> tuple[torch.Tensor, list[TrainLog]]:
+    """Copy ``data.neg_text`` to a float32 parameter, run :func:`label_steps` to the end, return the tuned rows and
+    logs."""
+    param = torch.nn.Parameter(data.neg_text.detach().clone().float())
+    logs = list(label_steps(param, data, config))
     return param.detach(), logs
 
 
 def train_joint(
-    id_features: torch.Tensor,
-    id_labels: torch.Tensor,
-    syn_features: torch.Tensor,
-    syn_negative_index: torch.Tensor,
-    id_text: torch.Tensor,
-    neg_text: torch.Tensor,
-    config: AdapterConfig | None = None,
-    seed: int = 0,
+    data: FinetuneData, config: AdapterConfig | None = None, seed: int = 0
 ) -> tuple[ResidualAdapter, torch.Tensor, list[TrainLog]]:
     """Ablation beyond the official code: stages A and B as one objective. The adapter and the negative rows are
     trained together by stage A's loss (ID images -> their class, synthetic images -> their mined label, over
@@ -285,20 +321,26 @@ def train_joint(
     Returns:
         ``(adapter, tuned negative rows (K, d) float32, logs)``.
     """
-    rows = torch.nn.Parameter(neg_text.detach().clone().float())
-    adapter, logs = train_adapter(
-        id_text.shape[1],
-        id_features,
-        id_labels,
-        syn_features,
-        syn_negative_index,
-        id_text,
-        neg_text,
-        config,
-        seed=seed,
-        tuned_rows=rows,
-    )
+    rows = torch.nn.Parameter(data.neg_text.detach().clone().float())
+    adapter, logs = train_adapter(data, config, seed=seed, tuned_rows=rows)
     return adapter, rows.detach(), logs
+
+
+def substitute_rows(
+    neg_text: torch.Tensor, tuned_neg_text: torch.Tensor, tuned_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return the negative label features with stage B's tuned rows put in place (docs/method.md, stage 7): each
+    tuned row keeps its direction and takes the original row's norm, so only the direction was learned.
+
+    Args:
+        neg_text: ``(K, d)`` all negative label features.
+        tuned_neg_text: ``(T, d)`` tuned rows.
+        tuned_index: ``(T,)`` their rows in ``neg_text`` (default: the first ``T``).
+    """
+    index = tuned_index if tuned_index is not None else torch.arange(len(tuned_neg_text))
+    negs = neg_text.float().clone()
+    negs[index] = F.normalize(tuned_neg_text.float(), dim=-1) * negs[index].norm(dim=-1, keepdim=True)
+    return negs
 
 
 def synood_score(
@@ -313,7 +355,7 @@ def synood_score(
     n_groups: int | None = 100,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Return the SynOOD score (METHOD.md stage 7, the most likely reading of the unpublished inference code):
+    """Return the SynOOD score (docs/method.md, stage 7: the most likely reading of the unpublished inference code):
     NegLabel's grouped score with the adapted image feature and the tuned rows substituted into the negatives.
 
     Args:
@@ -355,14 +397,12 @@ def synood_score(
         raise ValueError(f"image features are {d}-dimensional but {wrong} differ (a checkpoint of another CLIP?)")
     with torch.no_grad():
         feats = adapter(image_features.float()) if adapter is not None else image_features
-        negs = neg_text.float().clone()
+        negs = neg_text.float()
         if tuned_neg_text is not None:
-            index = tuned_index if tuned_index is not None else torch.arange(len(tuned_neg_text))
-            negs[index] = F.normalize(tuned_neg_text.float(), dim=-1) * negs[index].norm(dim=-1, keepdim=True)
+            negs = substitute_rows(neg_text, tuned_neg_text, tuned_index)
             if not keep_untuned:
-                negs = negs[index]
-        groups = None if n_groups is None else min(n_groups, len(negs))
-        return neglabel_score(feats, id_text, negs, temperature, groups, seed)
+                negs = negs[tuned_index if tuned_index is not None else torch.arange(len(tuned_neg_text))]
+        return neglabel_score(feats, id_text, negs, temperature, n_groups, seed)
 
 
 def save_finetune(

@@ -29,6 +29,7 @@ import torch
 
 from .finetune import (
     AdapterConfig,
+    FinetuneData,
     LabelTuneConfig,
     ResidualAdapter,
     TrainLog,
@@ -134,12 +135,7 @@ def read_run_logs(out_dir: str | Path) -> list[TrainLog]:
 def finetune_run_steps(
     out_dir: str | Path,
     words: list[str],
-    id_features: torch.Tensor,
-    id_labels: torch.Tensor,
-    syn_features: torch.Tensor,
-    syn_negative_index: torch.Tensor,
-    id_text: torch.Tensor,
-    neg_text: torch.Tensor,
+    data: FinetuneData,
     adapter_config: AdapterConfig | None = None,
     label_config: LabelTuneConfig | None = None,
     seed: int = 0,
@@ -148,9 +144,9 @@ def finetune_run_steps(
 
     Args:
         out_dir: the run folder (created; locked while this generator runs).
-        words: the ordered negative-label list (``neg_text`` rows), stored with the result.
-        id_features, id_labels, syn_features, syn_negative_index, id_text, neg_text: as in
-            :func:`~synood_kit.finetune.adapter_steps`; ``neg_text`` also initialises stage B's rows.
+        words: the ordered negative-label list (``data.neg_text`` rows), stored with the result.
+        data: the features and targets (:class:`~synood_kit.finetune.FinetuneData`); ``data.neg_text`` also
+            initialises stage B's rows.
         adapter_config, label_config: stage A and B settings.
         seed: the adapter's initialisation seed.
 
@@ -164,11 +160,11 @@ def finetune_run_steps(
     from .storage import OutputLock, append_jsonl, remove_stale_temporaries
 
     adapter_config, label_config = adapter_config or AdapterConfig(), label_config or LabelTuneConfig()
-    if len(words) != len(neg_text):
-        raise ValueError(f"{len(words)} words for {len(neg_text)} negative label rows")
+    if len(words) != len(data.neg_text):
+        raise ValueError(f"{len(words)} words for {len(data.neg_text)} negative label rows")
     out = Path(out_dir)
     key = _inputs_key(
-        [id_features, id_labels, syn_features, syn_negative_index, id_text, neg_text],
+        [data.id_features, data.id_labels, data.syn_features, data.syn_index, data.id_text, data.neg_text],
         [list(words), dataclasses.asdict(adapter_config), dataclasses.asdict(label_config), seed],
     )
     with OutputLock(out, purpose="fine-tuning"):
@@ -177,8 +173,8 @@ def finetune_run_steps(
         ckpt = _load_checkpoint(out / "checkpoint.safetensors", key)
         if result.is_file() and ckpt is not None and ckpt["stage"] == "done":
             return
-        adapter = ResidualAdapter.seeded(id_text.shape[1], seed, id_features.device)
-        rows = torch.nn.Parameter(neg_text.detach().clone().float())
+        adapter = ResidualAdapter.seeded(data.dim, seed, data.id_features.device)
+        rows = torch.nn.Parameter(data.neg_text.detach().clone().float())
         if ckpt is not None:
             adapter.load_state_dict(ckpt["adapter"])
             if ckpt["rows"] is not None:
@@ -207,19 +203,7 @@ def finetune_run_steps(
         stage, done_epoch = (ckpt["stage"], ckpt["epoch"]) if ckpt else ("adapter", -1)
         if stage == "adapter" and done_epoch + 1 < adapter_config.epochs:
             resume = ckpt["optimizer"] if ckpt else None
-            for log in adapter_steps(
-                adapter,
-                id_features,
-                id_labels,
-                syn_features,
-                syn_negative_index,
-                id_text,
-                neg_text,
-                adapter_config,
-                done_epoch + 1,
-                resume,
-                checkpoint("adapter"),
-            ):
+            for log in adapter_steps(adapter, data, adapter_config, done_epoch + 1, resume, checkpoint("adapter")):
                 epoch_logs.append(log)
                 yield log
             stage, done_epoch, ckpt = "labels", -1, None
@@ -228,9 +212,7 @@ def finetune_run_steps(
         adapter.eval()
         if stage == "labels" and done_epoch + 1 < label_config.epochs:
             resume = ckpt["optimizer"] if ckpt else None
-            for log in label_steps(
-                rows, syn_features, syn_negative_index, label_config, done_epoch + 1, resume, checkpoint("labels")
-            ):
+            for log in label_steps(rows, data, label_config, done_epoch + 1, resume, checkpoint("labels")):
                 epoch_logs.append(log)
                 yield log
         save_finetune(

@@ -1,13 +1,13 @@
 """SynOOD stages 3-4: in-painting with energy-gradient noise refinement, on a stock diffusers pipeline.
 
-One refinement round (METHOD.md, stage 4): from the source image's latent ``z0`` and a noise ``eps``, start at
+One refinement round (docs/method.md, stage 4): from the source image's latent ``z0`` and a noise ``eps``, start at
 ``z_t0 = add_noise(z0, eps, t0)`` (``t0`` set by ``strength``), let the stock ``StableDiffusionInpaintPipeline``
 denoise to a final latent ``z_hat`` (no gradient), decode ``z_hat`` through the VAE **with** gradient, score the
 image with a guidance scorer ``s`` (higher = more in-distribution), and update the *initial* noise with the
 gradient taken on the *final* latent (the official "skip gradient" approximation):
 ``eps <- eps - step_size * d loss / d z_hat`` with ``loss = (target - s)^2``.
 
-Defaults fix the official code's defects (METHOD.md, "Known defects"), each reachable as an option:
+Defaults fix the official code's defects (docs/method.md, "Known defects"), each reachable as an option:
 
 * **Reachable target** (defect 1). Officially ``s = mean(g) - logsumexp(g)`` of classifier logits ``g`` with
   margin ``m = -5``; ``s <= -log(C)``, so ``m`` is never reached and every step pushes "more OOD". The default
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +48,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class InpaintConfig:
-    """The in-painting call (official values: METHOD.md stage 2-3)."""
+    """The in-painting call (official values: docs/method.md, stages 2-3)."""
 
     prompt_template: str = "A photo only remain {context}."  # official diffusion prompt
     max_context_chars: int = 73  # the official code cuts the MLLM answer to 73 characters
@@ -76,7 +76,7 @@ class InpaintConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Energy-gradient refinement of the initial noise (METHOD.md stage 4)."""
+    """Energy-gradient refinement of the initial noise (docs/method.md, stage 4)."""
 
     rounds: int = 3  # noise updates (official R = 3)
     step_size: float = 10.0  # lr on the noise (official 10; the argparse default 2e11 is a defect)
@@ -118,10 +118,35 @@ class RefineStep:
     rejected: tuple[bool, ...] = ()  # per sample: a non-finite gradient was rejected (noise kept)
 
 
-def context_prompt(context: str, config: InpaintConfig | None = None) -> str:
-    """Return the diffusion prompt for an MLLM's context answer (official template and truncation)."""
+def context_prompt(context: str | Sequence[str], config: InpaintConfig | None = None) -> str:
+    """Return the diffusion prompt for an image's context (docs/method.md, stage 2).
+
+    Args:
+        context: a raw MLLM answer (a string), cut at ``config.max_context_chars`` characters as the official code
+            does, mid-word if need be; or parsed context elements (a sequence), joined with ", " and kept whole:
+            elements are dropped from the end until the text fits, and a first element that alone is too long is
+            cut at its last word boundary within the limit.
+        config: the prompt template and the character limit.
+
+    Raises:
+        ValueError: for an empty sequence of elements.
+    """
     config = config or InpaintConfig()
-    return config.prompt_template.format(context=context.strip()[: config.max_context_chars])
+    limit = config.max_context_chars
+    if isinstance(context, str):
+        return config.prompt_template.format(context=context.strip()[:limit])
+    elements = [e.strip() for e in context if e.strip()]
+    if not elements:
+        raise ValueError("context_prompt needs at least one context element")
+    text = elements[0]
+    if len(text) > limit:
+        cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[: limit + 1] else text[:limit]
+        text = cut[:limit].rstrip()
+    for element in elements[1:]:
+        if len(text) + 2 + len(element) > limit:
+            break
+        text = f"{text}, {element}"
+    return config.prompt_template.format(context=text)
 
 
 def full_masks(images: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ __all__ = [
     "resolve_mllm_source",
 ]
 
-# The official question is unpublished (METHOD.md, stage 2); this one asks for exactly what the paper describes.
+# The official question is unpublished (docs/method.md, stage 2); this one asks for exactly what the paper describes.
 CONTEXT_QUESTION = "Describe everything in this image except the main subject."
 
 
@@ -167,7 +167,7 @@ def describe_context(
 ) -> list[str]:
     """Ask the MLLM ``question`` about each image and return its answers (greedy decoding).
 
-    Implements SynOOD's stage 2 (METHOD.md): the answer lists the image's context except the main subject.
+    Implements SynOOD's stage 2 (docs/method.md): the answer lists the image's context except the main subject.
 
     Args:
         mllm: a loaded :class:`MllmModel`.

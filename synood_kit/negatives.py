@@ -85,6 +85,13 @@ class NegativeLabels:
         return cls(words, pos, prompts, stats, provenance)
 
     @property
+    def in_mining_order(self) -> bool:
+        """Return whether the list is in the order mining saves: within each part of speech, ascending percentile
+        similarity (the farthest word from the ID labels first)."""
+        pairs = zip(self.percentile_similarity, self.percentile_similarity[1:], self.pos, self.pos[1:], strict=False)
+        return all(a <= b for a, b, p, q in pairs if p == q)
+
+    @property
     def fingerprint(self) -> str:
         """Return a hash of the ordered prompts (identifies the list in checkpoints and caches)."""
         return sha256_text("\n".join(self.prompts))
@@ -106,12 +113,23 @@ class MiningResult:
 
 
 def build_corpus(config: MiningConfig, id_class_names: list[str]) -> Corpus:
-    """Return the candidate corpus: WordNet words (plus ``extra_words``) minus the ID class names."""
+    """Return the candidate corpus: WordNet words minus the ID class names (an evenly spaced ``max_words`` of each
+    part of speech when capped), plus ``extra_words``."""
     cc = config.corpus
     base = load_wordnet_corpus(cc.lemmas, tuple(cc.exclude_lexnames), tuple(cc.parts_of_speech))
     id_lower = {c.lower() for c in id_class_names}
+    pairs = [(w, p) for w, p in zip(base.words, base.pos, strict=True) if w.lower() not in id_lower]
+    capped = ""
+    if cc.max_words is not None:
+        kept = []
+        for pos in cc.parts_of_speech:
+            members = [x for x in pairs if x[1] == pos]
+            step = max(1, len(members) / cc.max_words) if len(members) > cc.max_words else 1
+            kept += [members[int(i * step)] for i in range(min(cc.max_words, len(members)))]
+        pairs = kept
+        capped = f"; capped at {cc.max_words} per part of speech (evenly spaced)"
     words, pos, seen = [], [], set()
-    for w, p in list(zip(base.words, base.pos, strict=True)) + [tuple(x) for x in cc.extra_words]:
+    for w, p in pairs + [tuple(x) for x in cc.extra_words]:
         if p not in ("noun", "adj"):
             raise ValueError(f"extra word {w!r} has part of speech {p!r}; expected 'noun' or 'adj'")
         key = (w.lower(), p)
@@ -121,7 +139,7 @@ def build_corpus(config: MiningConfig, id_class_names: list[str]) -> Corpus:
         words.append(w)
         pos.append(p)
     extra = f"; +{len(cc.extra_words)} extra words" if cc.extra_words else ""
-    return Corpus(tuple(words), tuple(pos), base.description + extra + f"; minus {len(id_lower)} ID names")
+    return Corpus(tuple(words), tuple(pos), base.description + capped + extra + f"; minus {len(id_lower)} ID names")
 
 
 def percentile_similarity(

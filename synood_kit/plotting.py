@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["boundary_map", "image_grid", "refinement_figure", "roc_curves", "score_histograms", "score_trajectories"]
+__all__ = [
+    "ablation_bars",
+    "benchmark_samples",
+    "boundary_map",
+    "image_grid",
+    "percentile_distribution",
+    "refinement_figure",
+    "roc_curves",
+    "score_histograms",
+    "score_trajectories",
+    "training_curves",
+]
 
 
 def score_histograms(
@@ -244,3 +255,121 @@ def boundary_map(
     ax.set_yticks([])
     ax.legend(fontsize=6, loc="best", markerscale=1.5)
     return ax.figure
+
+
+def percentile_distribution(result, axes=None):
+    """Plot NegLabel's mining statistic per part of speech, with the largest value kept (the cut) as a line.
+
+    Args:
+        result: a :class:`~synood_kit.negatives.MiningResult`.
+        axes: one axes per part of speech; a new figure if ``None``.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    pos_arr = np.array(result.candidate_pos)
+    kinds = [p for p in ("noun", "adj") if (pos_arr == p).any()]
+    if axes is None:
+        _, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3), squeeze=False)
+        axes = axes[0]
+    for ax, pos in zip(axes, kinds, strict=True):
+        ax.hist(result.candidate_similarity[pos_arr == pos], bins=60, color="tab:gray")
+        ax.axvline(result.thresholds[pos], color="tab:red", linestyle="--", label="kept below")
+        ax.set_title(f"{pos}: percentile similarity to the ID labels", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def training_curves(logs: dict, axes=None):
+    """Plot the cross-entropy of each fine-tuning stage per step.
+
+    Args:
+        logs: ``{"adapter": [TrainLog], "labels": [TrainLog]}`` (either may be missing).
+        axes: one axes per stage; a new figure if ``None``.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    titles = {"adapter": "stage A (adapter)", "labels": "stage B (negative labels)", "joint": "joint"}
+    stages = [k for k in logs if logs[k]]
+    if axes is None:
+        _, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3), squeeze=False)
+        axes = axes[0]
+    for ax, stage in zip(axes, stages, strict=True):
+        ax.plot([log.step for log in logs[stage]], [log.loss for log in logs[stage]], "-o", markersize=2)
+        ax.set_title(titles.get(stage, stage))
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy")
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def ablation_bars(table, ood_set: str, metric: str = "FPR95_IDpos"):
+    """Plot an ablation grid's variants on one OOD split as bars, one panel per number of negatives, with the
+    ID-only control of that panel as a dashed line.
+
+    Args:
+        table: the grid from :func:`synood_kit.ablations.run_ablations` (columns ``synthetic``, ``training``,
+            ``n_negatives``, ``ood_set`` and the metrics).
+        ood_set: the split drawn.
+        metric: the metric drawn (a fraction; shown in percent).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    ks = sorted(table["n_negatives"].unique(), reverse=True)
+    n_rows = int(((table["n_negatives"] == ks[0]) & (table["ood_set"] == ood_set)).sum())
+    fig, axes = plt.subplots(1, len(ks), figsize=(6 * len(ks), 1.5 + 0.32 * n_rows), squeeze=False)
+    for ax, k in zip(axes[0], ks, strict=True):
+        rows = table[(table["ood_set"] == ood_set) & (table["n_negatives"] == k)]
+        labels = [f"{s}\n{t}" if s != "none" else t for s, t in zip(rows["synthetic"], rows["training"], strict=True)]
+        colours = ["gray" if s == "none" else "C0" for s in rows["synthetic"]]
+        ax.barh(np.arange(len(rows)), 100 * rows[metric], color=colours)
+        ax.set_yticks(np.arange(len(rows)), labels, fontsize=7)
+        control = rows.loc[rows["training"].str.startswith("control"), metric]
+        if len(control):
+            ax.axvline(100 * float(control.iloc[0]), color="k", linestyle="--", linewidth=1)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{ood_set} {metric} (%)")
+        ax.set_title(f"{k} negatives")
+    fig.tight_layout()
+    return fig
+
+
+def benchmark_samples(benchmark, per_split: int = 8, side: int = 64, seed: int = 0):
+    """Plot a fixed-seed sample of every split of a benchmark, one row per split (images resized to ``side``).
+
+    Args:
+        benchmark: a :class:`~synood_kit.benchmark.Benchmark`.
+        per_split: images per row.
+        side: the side each image is shown at (short side resized, centre crop), pixels.
+        seed: the sampling seed.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .data import load_image
+
+    images, titles = [], []
+    for split in (s.name for s in benchmark.splits):
+        image_set = benchmark.split(split).sample(per_split, seed)
+        for item in image_set.items[:per_split]:
+            x = load_image(item.path)[None]
+            h, w = x.shape[-2:]
+            size = (max(side, round(h * side / min(h, w))), max(side, round(w * side / min(h, w))))
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+            images.append(x[0, :, top : top + side, left : left + side].clamp(0, 1))
+            name = benchmark.class_names[item.label] if item.label >= 0 else ""
+            titles.append(f"{split}\n{name}"[:40])
+    return image_grid(torch.stack(images), titles, ncols=per_split)

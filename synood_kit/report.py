@@ -31,7 +31,7 @@ from .storage import atomic_write_json, atomic_write_text
 __all__ = ["KEY_FIGURES", "NotebookRun", "Report", "main_job_plan", "notebook_names", "run_report"]
 
 KEY_FIGURES = {  # notebook -> (figure file in its folder, caption)
-    "01_miniworld": ("score_histograms.png", "Zero-shot score histograms per split (01)"),
+    "01_benchmark": ("zero_shot/score_histograms.png", "Zero-shot score histograms per split (01)"),
     "03_inpainting_loop": ("refinement.png", "The in-painting loop, step by step (03)"),
     "06_evaluate": ("roc_curves.png", "ROC curves: NegLabel, the ID-only control and SynOOD (06)"),
     "07_feature_space_umap": ("umap_boundary.png", "UMAP with the score field and the decision boundary (07)"),
@@ -224,8 +224,9 @@ def _write_summary(out: Path, runs: list[NotebookRun], seconds: float) -> Path:
     for name, (file, caption) in KEY_FIGURES.items():
         source = out / "notebooks" / name / file
         if source.is_file():
-            shutil.copyfile(source, out / "figures" / f"{name}-{file}")
-            figures.append((f"figures/{name}-{file}", caption))
+            target = f"{name}-{Path(file).name}"
+            shutil.copyfile(source, out / "figures" / target)
+            figures.append((f"figures/{target}", caption))
     results = out / "notebooks" / "06_evaluate" / "finetune" / "synood.md"
     ablations = out / "notebooks" / "08_ablations" / "grid" / "ablations.md"
     cost = _synthesis_cost(out)

@@ -222,7 +222,8 @@ def neglabel_score(
         id_text_features: ``(C, D)`` ID label embeddings (normalised here).
         neg_text_features: ``(M, D)`` negative label embeddings (normalised here), in their saved order.
         temperature: ``tau`` (> 0); official 0.01.
-        n_groups: number of groups ``G``; official 100; ``None`` for the ungrouped score.
+        n_groups: number of groups ``G``; official 100 (capped at the number of negatives); ``None`` for the
+            ungrouped score.
         seed: seed of the group permutation (official: fixed); see :func:`neglabel_group_permutation`.
         batch_size: rows of ``image_features`` scored at once.
 
@@ -237,6 +238,8 @@ def neglabel_score(
     _check_temperature(temperature)
     if n_groups is not None and n_groups < 1:
         raise ValueError(f"n_groups must be None or >= 1, got {n_groups}")
+    if n_groups is not None:
+        n_groups = min(n_groups, len(neg_text_features))  # a list shorter than G: one negative per group
     n_id = len(id_text_features)
     if n_groups is not None and n_groups > 1:
         # Reorder the negatives' rows once so that every group is a contiguous block of columns.

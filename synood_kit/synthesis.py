@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -43,12 +44,16 @@ from .inpainting import GuidanceConfig, InpaintConfig, refine_steps
 __all__ = [
     "SynthesisConfig",
     "SynthesisSource",
+    "check_config",
+    "image_name",
     "item_seed",
+    "label_summary",
     "negative_labeler",
     "read_records",
     "read_skipped",
     "source_problem",
     "synthesize",
+    "synthesize_batches",
 ]
 
 
@@ -72,6 +77,7 @@ class SynthesisConfig:
     scorer: str = "classifier-energy"  # a name for the record (the scorer itself is passed in)
     seed: int = 0  # base seed; each image's seed is item_seed(seed, id)
     batch_size: int = 8  # images per refinement call (the unit of resumption)
+    run: dict = field(default_factory=dict)  # what else fixes the folder: benchmark, sources, models, target rule
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -151,20 +157,49 @@ def _config_json(config: SynthesisConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def _check_config(out: Path, config: SynthesisConfig) -> None:
+def _differences(have, want, prefix: str = "") -> list[str]:
+    """Return the dotted keys where two JSON-like dicts differ."""
+    if not (isinstance(have, dict) and isinstance(want, dict)):
+        return [prefix or "(the whole configuration)"] if have != want else []
+    out = []
+    for key in sorted(set(have) | set(want)):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in have or key not in want:
+            out.append(name)
+        else:
+            out += _differences(have[key], want[key], name)
+    return out
+
+
+def check_config(out: Path, config: SynthesisConfig) -> None:
+    """Write ``synthesis.json`` for a new folder, or refuse a folder holding a run of another configuration.
+
+    Raises:
+        ValueError: naming each setting that differs (dotted keys) and both values of the first few.
+    """
     from .storage import atomic_write_json
 
-    path = out / "synthesis.json"
+    path = Path(out) / "synthesis.json"
     want = _config_json(config)
     if path.is_file():
         have = json.loads(path.read_text())
         if have != want:
-            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            diff = _differences(have, want)
+            shown = "; ".join(f"{k}: {_at(have, k)!r} there, {_at(want, k)!r} now" for k in diff[:3])
             raise ValueError(
-                f"{out} holds a synthesis run with another configuration (differs in {diff}); use a new folder"
+                f"{out} holds a synthesis run with another configuration (differs in {diff}: {shown}); use a new "
+                "folder, or the same settings to resume"
             )
     else:
         atomic_write_json(path, want)
+
+
+def _at(tree, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return "(absent)"
+        tree = tree[key]
+    return tree
 
 
 def synthesize(
@@ -198,10 +233,7 @@ def synthesize(
         ValueError: on duplicate source ids, a bad shard, a folder holding another configuration, or when no
             source can be synthesised. Single bad sources are skipped and recorded (see the module docstring).
     """
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from .storage import OutputLock, append_jsonl, atomic_path
+    from .storage import OutputLock, append_jsonl
 
     config = config or SynthesisConfig()
     if not 0 <= rank < world_size:
@@ -214,102 +246,138 @@ def synthesize(
     if bad and not sources:
         raise ValueError(f"no source can be synthesised; first problems: {dict(list(bad.items())[:3])}")
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     with OutputLock(out / "locks" / f"rank-{rank}", purpose="synthesis"):
         if rank == 0:
-            _check_config(out, config)
+            check_config(out, config)
             known = read_skipped(out)
             for source_id, reason in bad.items():
                 if source_id not in known:
                     append_jsonl(out / "skipped.jsonl", {"id": source_id, "reason": reason})
-        done = read_records(out)
         bs = config.batch_size
-        batches = [k for k in range(0, (len(sources) + bs - 1) // bs) if k % world_size == rank]
-        todo = [k for k in batches if not all(s.id in done for s in sources[k * bs : (k + 1) * bs])]
-        mine = [i for k in batches for i in range(k * bs, min(len(sources), (k + 1) * bs))]
-        bar = tqdm(
-            total=len(mine),
-            initial=sum(sources[i].id in done for i in mine),
-            unit="img",
-            desc=f"synthesis [{rank}/{world_size}]",
-            disable=not progress,
-        )  # images done, rate, time left
-        for k in todo:
-            batch = list(sources[k * bs : (k + 1) * bs])
-            images = torch.stack([s.image for s in batch])
-            noise = torch.stack(
-                [
-                    torch.randn(
-                        _latent_shape(pipe, images),
-                        generator=torch.Generator().manual_seed(item_seed(config.seed, s.id)),
-                    )
-                    for s in batch
-                ]
-            )
-            start = time.perf_counter()
-            masks = torch.stack([s.mask if s.mask is not None else torch.ones(1, *s.image.shape[-2:]) for s in batch])
-            steps = list(
-                refine_steps(
-                    pipe,
-                    images,
-                    [s.prompt for s in batch],
-                    scorer,
-                    config.guidance,
-                    config.inpaint,
-                    masks=masks,
-                    noise=noise,
-                    generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
+        mine = [k for k in range(0, (len(sources) + bs - 1) // bs) if k % world_size == rank]
+        batches = [list(sources[k * bs : (k + 1) * bs]) for k in mine]
+        yield from synthesize_batches(pipe, batches, scorer, out, config, rank, world_size, progress, labeler)
+
+
+def synthesize_batches(
+    pipe,
+    batches: Sequence[Sequence[SynthesisSource]],
+    scorer: Callable[[torch.Tensor], torch.Tensor],
+    out_dir: str | Path,
+    config: SynthesisConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    labeler: Callable[[torch.Tensor], list[dict]] | None = None,
+) -> Iterator[dict]:
+    """Synthesise the given batches of this shard that are not done yet; yield each new record as it is written.
+
+    The caller fixes the batches (batch ``k`` of a run is its sources ``[k*B, (k+1)*B)``; shard ``rank`` owns
+    ``k % world_size == rank``), holds the folder's lock for ``rank`` and has checked its configuration
+    (:func:`synthesize` does all three). A batch is done when every image of it has a record.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .storage import append_jsonl, atomic_path
+
+    out = Path(out_dir)
+    done = read_records(out)
+    todo = [batch for batch in batches if not all(s.id in done for s in batch)]
+    bar = tqdm(
+        total=sum(len(b) for b in batches),
+        initial=sum(s.id in done for b in batches for s in b),
+        unit="img",
+        desc=f"synthesis [{rank}/{world_size}]",
+        disable=not progress,
+    )  # images done, rate, time left
+    for batch in todo:
+        images = torch.stack([s.image for s in batch])
+        noise = torch.stack(
+            [
+                torch.randn(
+                    _latent_shape(pipe, images),
+                    generator=torch.Generator().manual_seed(item_seed(config.seed, s.id)),
                 )
+                for s in batch
+            ]
+        )
+        start = time.perf_counter()
+        masks = torch.stack([s.mask if s.mask is not None else torch.ones(1, *s.image.shape[-2:]) for s in batch])
+        steps = list(
+            refine_steps(
+                pipe,
+                images,
+                [s.prompt for s in batch],
+                scorer,
+                config.guidance,
+                config.inpaint,
+                masks=masks,
+                noise=noise,
+                generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
             )
-            last = steps[-1]
-            labels = labeler(last.image) if labeler is not None else [None] * len(batch)
-            seconds = time.perf_counter() - start
-            written_now = []
-            for j, s in enumerate(batch):
-                if s.id in done:
-                    continue
-                written_now.append(s.id)
-                path = out / "images" / f"{s.id}.png"
-                array = (last.image[j].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                with atomic_path(path) as tmp:
-                    Image.fromarray(array).save(tmp, format="PNG")
-                record = {
-                    "id": s.id,
-                    "image": f"images/{s.id}.png",
-                    "prompt": s.prompt,
-                    "seed": item_seed(config.seed, s.id),
-                    "scorer": config.scorer,
-                    "scores": [float(st.score[j]) for st in steps],
-                    "losses": [float(st.loss[j]) for st in steps],
-                    "rejected": [bool(st.rejected[j]) if st.rejected else False for st in steps],
-                    "cost": {
-                        "unet_evals": sum(st.unet_evals for st in steps),
-                        "vae_decodes": sum(st.vae_decodes for st in steps),
-                        "seconds": round(seconds / len(batch), 3),
-                    },
-                    "config": _config_json(config),
-                    "meta": s.meta,
-                    "negative_label": labels[j],
-                    "rank": rank,
-                }
-                append_jsonl(out / f"records-{rank}.jsonl", record)
-                done[s.id] = record
-                yield record
-            bar.update(len(written_now))
-        bar.close()
+        )
+        last = steps[-1]
+        labels = labeler(last.image) if labeler is not None else [None] * len(batch)
+        seconds = time.perf_counter() - start
+        written_now = []
+        for j, s in enumerate(batch):
+            if s.id in done:
+                continue
+            written_now.append(s.id)
+            name = image_name(s.id)
+            array = (last.image[j].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            with atomic_path(out / name) as tmp:
+                Image.fromarray(array).save(tmp, format="PNG")
+            record = {
+                "id": s.id,
+                "image": name,
+                "prompt": s.prompt,
+                "seed": item_seed(config.seed, s.id),
+                "scorer": config.scorer,
+                "scores": [float(st.score[j]) for st in steps],
+                "losses": [float(st.loss[j]) for st in steps],
+                "rejected": [bool(st.rejected[j]) if st.rejected else False for st in steps],
+                "cost": {
+                    "unet_evals": sum(st.unet_evals for st in steps),
+                    "vae_decodes": sum(st.vae_decodes for st in steps),
+                    "seconds": round(seconds / len(batch), 3),
+                },
+                "config": _config_json(config),
+                "meta": s.meta,
+                "negative_label": labels[j],
+                "rank": rank,
+            }
+            append_jsonl(out / f"records-{rank}.jsonl", record)
+            done[s.id] = record
+            yield record
+        bar.update(len(written_now))
+    bar.close()
+
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+
+
+def image_name(source_id: str) -> str:
+    """Return where a source's synthetic image goes inside the output folder: ``images/<id>.png`` for an id made of
+    plain path segments (``n01440764/n01440764_10026``), else ``images/id-<hash>.png`` (an id from a list or
+    manifest can hold anything; it never leaves the folder)."""
+    if _SAFE_ID.fullmatch(source_id) and len(source_id) <= 200:
+        return f"images/{source_id}.png"
+    return f"images/id-{hashlib.sha256(source_id.encode()).hexdigest()[:24]}.png"
 
 
 def negative_labeler(
     clip, negatives, out_dir: str | Path | None = None, parts_of_speech: tuple[str, ...] = ("noun", "adj")
 ) -> Callable[[torch.Tensor], list[dict]]:
-    """Return a labeler that gives each synthetic image its argmax negative label (METHOD.md stage 5).
+    """Return a labeler that gives each synthetic image its argmax negative label (docs/method.md, stage 5).
 
     Args:
         clip: a :class:`~synood_kit.models.ClipModel`.
         negatives: the ordered :class:`~synood_kit.negatives.NegativeLabels`.
         out_dir: if given, the list is saved there as ``negatives.json`` (indices in records refer to it).
         parts_of_speech: labels that may be assigned; the official code uses both, and about half of its
-            synthetic images map to adjective prompts (METHOD.md defect 6): ``("noun",)`` restricts to nouns.
+            synthetic images map to adjective prompts (docs/method.md, defect 6): ``("noun",)`` restricts to nouns.
     """
     from .negatives import assign_negative_labels
 
@@ -337,3 +405,21 @@ def negative_labeler(
 def _latent_shape(pipe, images: torch.Tensor) -> tuple[int, ...]:
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     return (pipe.vae.config.latent_channels, images.shape[-2] // factor, images.shape[-1] // factor)
+
+
+def label_summary(records: dict[str, dict] | list[dict], top: int = 12) -> dict:
+    """Return which negative labels a synthesis folder's images got (docs/method.md, stage 5).
+
+    Returns:
+        ``n`` (labelled images), ``distinct`` labels, the ``top`` most common ``(word, count)`` and the share of
+        each part of speech (the official code gives about half of the images an adjective, defect 6).
+    """
+    rows = [r for r in (records.values() if isinstance(records, dict) else records) if r.get("negative_label")]
+    words = Counter(r["negative_label"]["word"] for r in rows)
+    pos = Counter(r["negative_label"]["pos"] for r in rows)
+    return {
+        "n": len(rows),
+        "distinct": len(words),
+        "most_common": words.most_common(top),
+        "pos_share": {p: c / max(len(rows), 1) for p, c in sorted(pos.items())},
+    }

@@ -80,7 +80,9 @@ class SlowEncoder:
 
 
 def finetune_inputs():
-    """Return ``(words, features...)`` for fine-tuning: 240 ID and 160 synthetic 16-d features, seeded."""
+    """Return ``(words, FinetuneData)`` for fine-tuning: 240 ID and 160 synthetic 16-d features, seeded."""
+    from synood_kit.finetune import FinetuneData
+
     g = torch.Generator().manual_seed(0)
     d, c, k = 16, 3, 8
     id_text, neg_text = torch.randn(c, d, generator=g), torch.randn(k, d, generator=g)
@@ -88,7 +90,7 @@ def finetune_inputs():
     id_feats = id_text[id_labels] + 0.8 * torch.randn(240, d, generator=g)
     syn_index = torch.arange(160) % k
     syn_feats = neg_text[syn_index] + 0.8 * torch.randn(160, d, generator=g)
-    return [f"w{i}" for i in range(k)], (id_feats, id_labels, syn_feats, syn_index, id_text, neg_text)
+    return [f"w{i}" for i in range(k)], FinetuneData(id_feats, id_labels, syn_feats, syn_index, id_text, neg_text)
 
 
 def finetune_configs():
@@ -136,7 +138,7 @@ def main(argv):
         warm_up_optimizers()
         print("ready", flush=True)
         start = time.perf_counter()
-        for _ in finetune_run_steps(args[0], words, *data, adapter_config=adapter_config, label_config=label_config):
+        for _ in finetune_run_steps(args[0], words, data, adapter_config=adapter_config, label_config=label_config):
             time.sleep(STEP_PAUSE_S)
     else:
         raise SystemExit(f"unknown job {job!r}")

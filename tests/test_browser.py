@@ -34,7 +34,11 @@ CHROMIUM_ARGS = [  # a closed network: no background connections, no update or s
 ]
 NOTEBOOK = "03_inpainting_loop.ipynb"
 # small: one image, one guided round (slider 0..1), 3 denoising steps (5 x strength 0.6); ~20 s warm, ~70 s cold
-PARAMETERS = {"n_images": 1, "rounds": 1, "steps": 5}
+PARAMETERS = {
+    "n_images": 1,
+    "n_score": 50,
+    "overrides": {"synthesis.guidance.rounds": 1, "synthesis.inpaint.num_inference_steps": 5},
+}
 ARTIFACTS = repo_root() / "outputs" / "test-artifacts"
 RUN_TIMEOUT_MS = 300_000  # generous: kernel start, model loads and the notebook itself on a busy machine
 

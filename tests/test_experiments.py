@@ -7,41 +7,50 @@ import json
 import pytest
 import torch
 
-from synood_kit.classifier import build_classifier, save_classifier_folder
 from synood_kit.cli import main
-from synood_kit.experiments import ZeroShotRun, run_zero_shot
+from synood_kit.experiments import run_evaluation
 from synood_kit.metrics import METRIC_COLUMNS
-from synood_kit.miniworld.benchmark import BENCHMARK_SPEC, OOD_SPLITS, build_benchmark
+from synood_kit.miniworld.benchmark import BENCHMARK_SPEC, OOD_SPLITS
+from synood_kit.preset import load_preset
+from synood_kit.registry import load_benchmark
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_clip_dir):
-    root = tmp_path_factory.mktemp("bench")
-    build_benchmark(root, BENCHMARK_SPEC.scaled(0.03), progress=False)
-    torch.manual_seed(0)
-    kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": len(BENCHMARK_SPEC.id_classes)}
-    clf = tmp_path_factory.mktemp("clf")
-    save_classifier_folder(
-        build_classifier("resnet", kw),
-        "resnet",
-        kw,
-        list(BENCHMARK_SPEC.id_classes),
-        clf,
-        {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+def world(mini_benchmark, mini_classifier_dir):
+    """The session's scaled benchmark (3% of every split) and random classifier over its ID classes."""
+    return mini_benchmark, mini_classifier_dir
+
+
+def wordnet_noun_lexnames() -> tuple[str, ...]:
+    """Every WordNet noun lexicographer file: excluded, they leave a small mining corpus of every WordNet adjective
+    (14,001) and the benchmark's own nouns (mining the full 81k-word corpus is tested in test_mining.py)."""
+    from synood_kit.wordnet import wordnet_dir
+
+    lexnames = [line.split()[1] for line in (wordnet_dir() / "lexnames").read_text().splitlines()]
+    return tuple(x for x in lexnames if x.startswith("noun."))
+
+
+@pytest.fixture(scope="module")
+def bench(world):
+    return load_benchmark(world[0], progress=False)
+
+
+@pytest.fixture(scope="module")
+def preset(world, tiny_clip_dir):
+    return load_preset("miniworld").override(
+        {"models.clip": str(tiny_clip_dir), "models.classifier": str(world[1]), "adapter.epochs": 1, "labels.epochs": 1}
     )
-    return root, clf
 
 
 @pytest.fixture(scope="module")
-def zero_shot(world, tiny_clip_dir, tmp_path_factory):
-    root, clf = world
+def zero_shot(bench, preset, tmp_path_factory):
     out = tmp_path_factory.mktemp("zs")
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("SYNOOD_CACHE", str(cache))
-    run = ZeroShotRun(clip=str(tiny_clip_dir), classifier=str(clf), benchmark_root=str(root), n_boot=20)
-    result = run_zero_shot(out, run, progress=False)
-    yield result, run, out
+    config = preset.override({"n_boot": 20, "mining.corpus.exclude_lexnames": wordnet_noun_lexnames()})
+    result = run_evaluation(out, bench, config, progress=False)
+    yield result, config, out
     mp.undo()
 
 
@@ -56,14 +65,16 @@ def test_zero_shot_table_has_every_method_and_split(zero_shot):
             assert rows[col].between(0, 1).all()
             mean = rows[rows["ood_set"] == "mean"][col].item()
             assert mean == pytest.approx(rows[rows["ood_set"] != "mean"][col].mean())
-    for name in ("zero_shot.csv", "zero_shot.md", "score_histograms.png", "negatives.json", "metrics.json"):
+    for name in ("evaluation.csv", "evaluation.md", "score_histograms.png", "negatives.json", "metrics.json"):
         assert (out / name).is_file(), name
 
 
-def test_metrics_json_records_what_ran(zero_shot):
+def test_metrics_json_records_what_ran(zero_shot, bench):
     result, _, out = zero_shot
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["stage"] == "zero_shot"
+    assert metrics["stage"] == "evaluation" and metrics["benchmark"]["name"] == "miniworld"
+    assert metrics["n"] == {s: len(bench.split(s)) for s in bench.evaluation_splits()}
+    assert metrics["skipped"] == {s: {"count": 0, "examples": []} for s in bench.evaluation_splits()}
     assert 0.0 <= metrics["accuracy"]["clip_zero_shot"] <= 1.0
     assert 0.0 <= metrics["accuracy"]["classifier"] <= 1.0
     assert len(metrics["table"]) == 4 * (len(OOD_SPLITS) + 1)
@@ -71,15 +82,15 @@ def test_metrics_json_records_what_ran(zero_shot):
     assert metrics["negatives"]["count"] == len(result.negatives)
 
 
-def test_rerun_reuses_the_mined_negatives(zero_shot, monkeypatch):
-    result, run, out = zero_shot
+def test_rerun_reuses_the_mined_negatives(zero_shot, bench, monkeypatch):
+    result, config, out = zero_shot
     before = (out / "negatives.json").stat().st_mtime_ns
 
     def refuse(*a, **k):
         raise AssertionError("negatives were mined again")
 
     monkeypatch.setattr("synood_kit.negatives.mine_negative_labels", refuse)
-    again = run_zero_shot(out, run, progress=False)
+    again = run_evaluation(out, bench, config, progress=False)
     assert (out / "negatives.json").stat().st_mtime_ns == before
     for method, by_split in result.scores.items():
         for split, s in by_split.items():
@@ -96,6 +107,8 @@ def test_cli_world_build_and_bad_model(tmp_path, capsys):
             str(tmp_path / "no_such_clip"),
             "--benchmark",
             str(tmp_path / "b"),
+            "--config",
+            "miniworld",
             "--out",
             str(tmp_path / "o"),
             "--classifier",
@@ -111,7 +124,20 @@ def test_cli_mine_writes_an_ordered_list(tmp_path, tiny_clip_dir, cache_root, ca
     names.write_text("triangle\nsquare\n")
     out = tmp_path / "neg.json"
     assert (
-        main(["mine", "--clip", str(tiny_clip_dir), "--id-classes", str(names), "--official-filter", "--out", str(out)])
+        main(
+            [
+                "mine",
+                "--config",
+                "miniworld",
+                "--clip",
+                str(tiny_clip_dir),
+                "--id-classes",
+                str(names),
+                "--official-filter",
+                "--out",
+                str(out),
+            ]
+        )
         == 0
     )
     saved = json.loads(out.read_text())
@@ -123,22 +149,21 @@ def test_cli_mine_writes_an_ordered_list(tmp_path, tiny_clip_dir, cache_root, ca
 
 
 @pytest.fixture(scope="module")
-def synthetic(world, tiny_clip, tmp_path_factory):
+def synthetic(world, bench, tiny_clip, tiny_inpaint_dir, tmp_path_factory):
     """A 6-image synthesis folder from a smoke in-painting pipeline, labelled over 150 made-up negatives."""
     from diffusers import StableDiffusionInpaintPipeline
 
     from synood_kit.data import load_image
     from synood_kit.inpainting import GuidanceConfig, InpaintConfig
     from synood_kit.miniworld.benchmark import read_manifest
-    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
     from synood_kit.negatives import NegativeLabels
     from synood_kit.synthesis import SynthesisConfig, SynthesisSource, negative_labeler, synthesize
 
     root, _ = world
     tmp = tmp_path_factory.mktemp("synthetic")
-    tok = build_tokenizer()
-    folder = export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp / "pipe", fp16=False)
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        tiny_inpaint_dir, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     recs = read_manifest(root, "id_train")[:6]
     sources = [
@@ -160,6 +185,7 @@ def synthetic(world, tiny_clip, tmp_path_factory):
         inpaint=InpaintConfig(num_inference_steps=2, guidance_scale=1.0),
         guidance=GuidanceConfig(rounds=0),
         batch_size=3,
+        run={"benchmark": bench.identity()},
     )
     list(
         synthesize(
@@ -175,23 +201,11 @@ def synthetic(world, tiny_clip, tmp_path_factory):
     return tmp / "syn"
 
 
-def test_run_synood_fine_tunes_and_compares_with_neglabel(world, synthetic, tiny_clip_dir, tmp_path, cache_root):
-    from synood_kit.experiments import SynoodRun, run_synood
+def test_run_synood_fine_tunes_and_compares_with_neglabel(bench, preset, synthetic, tmp_path, cache_root):
+    from synood_kit.experiments import run_synood
 
-    root, _ = world
-    result = run_synood(
-        tmp_path / "out",
-        SynoodRun(
-            synthetic=str(synthetic),
-            clip=str(tiny_clip_dir),
-            benchmark_root=str(root),
-            adapter_epochs=1,
-            label_epochs=1,
-            n_boot=0,
-        ),
-        progress=False,
-    )
-    table = result["table"]
+    result = run_synood(tmp_path / "out", bench, preset.override({"n_boot": 0}), synthetic, progress=False)
+    table = result.table
     assert set(table["method"]) == {
         "NegLabel (zero-shot)",
         "control: adapter on ID images only",
@@ -204,19 +218,11 @@ def test_run_synood_fine_tunes_and_compares_with_neglabel(world, synthetic, tiny
     assert metrics["n_synthetic"] == 6 and metrics["n_negatives"] == 150
 
 
-def test_ablation_grid_has_every_variant_and_the_control(world, synthetic, tiny_clip_dir, tmp_path, cache_root):
+def test_ablation_grid_has_every_variant_and_the_control(bench, preset, synthetic, tmp_path, cache_root):
     from synood_kit.ablations import TRAININGS, AblationRun, run_ablations
 
-    root, _ = world
-    run = AblationRun(
-        synthetic=(("a", str(synthetic)), ("b", str(synthetic))),
-        n_negatives=(None, 100),
-        clip=str(tiny_clip_dir),
-        benchmark_root=str(root),
-        adapter_epochs=1,
-        label_epochs=1,
-    )
-    table = run_ablations(tmp_path / "abl", run, progress=False)["table"]
+    run = AblationRun(synthetic=(("a", str(synthetic)), ("b", str(synthetic))), n_negatives=(None, 100))
+    table = run_ablations(tmp_path / "abl", bench, preset, run, progress=False)["table"]
     variants = set(zip(table["synthetic"], table["training"], table["n_negatives"], strict=True))
     expected = {(s, t, k) for s in "ab" for t in TRAININGS for k in (150, 100)}
     expected |= {("none", "zero-shot", k) for k in (150, 100)} | {
@@ -275,8 +281,10 @@ def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(
             f"near={root / 'near_ood'}",
             "--ood",
             f"scenes={tmp_path / 'list.txt'}",
-            "--data-root",
+            "--list-root",
             str(root),
+            "--config",
+            "miniworld",
             "--clip",
             str(tiny_clip_dir),
             "--negatives",
@@ -299,6 +307,7 @@ def test_evaluate_any_folders_with_synood_checkpoint_and_ledger(
     assert metrics["n"]["scenes"] == len(scenes) and (out / "ledger.csv").is_file()
     assert "NegLabel" in capsys.readouterr().out
     assert main(["evaluate", "--id", str(root / "id_test"), "--ood", "broken", "--out", str(out)]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
 
 
 def test_open_benchmark_uses_a_built_folder_as_it_is(world):

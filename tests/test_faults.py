@@ -82,13 +82,8 @@ def kill_repeatedly(args: list[str], delays: list[float], log: Path, progress) -
 
 
 @pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
-
-    tok = build_tokenizer()
-    return export_pipeline(
-        build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("pipe"), fp16=False
-    )
+def pipe_dir(tiny_inpaint_dir):
+    return tiny_inpaint_dir
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +246,7 @@ def test_two_extractions_sharing_one_cache_do_not_harm_each_other(clip_and_image
 def _finetune(out: Path, pause: float = 0.0):
     words, data = fw.finetune_inputs()
     adapter_config, label_config = fw.finetune_configs()
-    for _ in finetune_run_steps(out, words, *data, adapter_config=adapter_config, label_config=label_config):
+    for _ in finetune_run_steps(out, words, data, adapter_config=adapter_config, label_config=label_config):
         time.sleep(pause)
 
 
@@ -456,22 +451,22 @@ def test_a_second_synthesis_into_a_busy_folder_is_refused(pipe, tmp_path):
 
 def test_a_second_finetuning_into_a_busy_folder_is_refused(tmp_path):
     words, data = fw.finetune_inputs()
-    first = finetune_run_steps(tmp_path, words, *data)
+    first = finetune_run_steps(tmp_path, words, data)
     next(first)
     with pytest.raises(OutputError, match=r"in use by .*\(fine-tuning\)"):
-        next(finetune_run_steps(tmp_path, words, *data))
+        next(finetune_run_steps(tmp_path, words, data))
     first.close()
 
 
 def test_a_finetuning_folder_of_other_inputs_is_refused(tmp_path):
     words, data = fw.finetune_inputs()
     adapter_config, label_config = fw.finetune_configs()
-    run = finetune_run_steps(tmp_path, words, *data, adapter_config=adapter_config, label_config=label_config)
+    run = finetune_run_steps(tmp_path, words, data, adapter_config=adapter_config, label_config=label_config)
     for _ in range(30):  # past the first epoch's checkpoint
         next(run)
     run.close()
     with pytest.raises(ValueError, match="other inputs or settings"):
-        run_finetune(tmp_path, words, *data, adapter_config=adapter_config, label_config=label_config, seed=1)
+        run_finetune(tmp_path, words, data, adapter_config=adapter_config, label_config=label_config, seed=1)
 
 
 def test_cleanup_keeps_a_live_writers_temporary_and_removes_a_dead_ones(tmp_path):

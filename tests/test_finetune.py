@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from synood_kit.finetune import (
     AdapterConfig,
+    FinetuneData,
     LabelTuneConfig,
     ResidualAdapter,
     adapter_steps,
@@ -33,7 +34,7 @@ def data():
     id_feats = id_text[id_labels] + 0.8 * torch.randn(60, D, generator=g)
     syn_index = torch.arange(40) % K
     syn_feats = neg_text[syn_index] + 0.8 * torch.randn(40, D, generator=g)
-    return id_feats, id_labels, syn_feats, syn_index, id_text, neg_text
+    return FinetuneData(id_feats, id_labels, syn_feats, syn_index, id_text, neg_text)
 
 
 def test_adapter_has_the_official_parameter_count():
@@ -44,7 +45,7 @@ def test_adapter_has_the_official_parameter_count():
 
 def test_stage_a_lowers_the_loss_and_logs_every_step(data):
     cfg = AdapterConfig(epochs=6, batch_size=32)
-    adapter, logs = train_adapter(D, *data, config=cfg, seed=0)
+    adapter, logs = train_adapter(data, cfg, seed=0)
     assert [log.step for log in logs] == list(range(1, len(logs) + 1))
     assert len(logs) == 6 * 4 and {log.stage for log in logs} == {"adapter"}
     assert sum(log.loss for log in logs[-4:]) < sum(log.loss for log in logs[:4])
@@ -52,18 +53,18 @@ def test_stage_a_lowers_the_loss_and_logs_every_step(data):
 
 
 def test_stage_b_tunes_float32_rows_toward_their_images(data):
-    _, _, syn_feats, syn_index, _, neg_text = data
-    tuned, logs = tune_labels(neg_text, syn_feats, syn_index, LabelTuneConfig(epochs=5, batch_size=16))
+    neg_text = data.neg_text
+    tuned, logs = tune_labels(data, LabelTuneConfig(epochs=5, batch_size=16))
     assert tuned.dtype == torch.float32 and tuned.shape == neg_text.shape
     first, last = [log.loss for log in logs if log.epoch == 0], [log.loss for log in logs if log.epoch == 4]
     assert sum(last) / len(last) < sum(first) / len(first)
     with pytest.raises(TypeError, match="float32"):
-        list(label_steps(torch.nn.Parameter(neg_text.half()), syn_feats, syn_index))
+        list(label_steps(torch.nn.Parameter(neg_text.half()), data))
 
 
 def test_joint_training_moves_the_adapter_and_the_rows_together(data):
-    id_feats, id_labels, syn_feats, syn_index, id_text, neg_text = data
-    adapter, rows, logs = train_joint(*data, config=AdapterConfig(epochs=6, batch_size=32))
+    syn_feats, syn_index, id_text, neg_text = data.syn_features, data.syn_index, data.id_text, data.neg_text
+    adapter, rows, logs = train_joint(data, AdapterConfig(epochs=6, batch_size=32))
     assert {log.stage for log in logs} == {"joint"} and len(logs) == 6 * 4
     assert sum(log.loss for log in logs[-4:]) < sum(log.loss for log in logs[:4])
     assert rows.dtype == torch.float32 and rows.shape == neg_text.shape and not torch.allclose(rows, neg_text)
@@ -76,7 +77,7 @@ def test_resumed_adapter_training_equals_uninterrupted(data):
     import copy
 
     cfg = AdapterConfig(epochs=2, batch_size=32)
-    full, _ = train_adapter(D, *data, config=cfg, seed=1)
+    full, _ = train_adapter(data, cfg, seed=1)
     saved = {}
 
     def checkpoint_then_die(epoch, optimizer_state):
@@ -86,16 +87,16 @@ def test_resumed_adapter_training_equals_uninterrupted(data):
     torch.manual_seed(1)
     killed = ResidualAdapter(D)
     with pytest.raises(KeyboardInterrupt):
-        list(adapter_steps(killed, *data, config=cfg, on_epoch_end=checkpoint_then_die))
+        list(adapter_steps(killed, data, cfg, on_epoch_end=checkpoint_then_die))
     resumed = ResidualAdapter(D)
     resumed.load_state_dict(saved["weights"])
-    list(adapter_steps(resumed, *data, config=cfg, start_epoch=saved["epoch"] + 1, optimizer_state=saved["optimizer"]))
+    list(adapter_steps(resumed, data, cfg, start_epoch=saved["epoch"] + 1, optimizer_state=saved["optimizer"]))
     for k, v in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, msg=k)
 
 
 def test_checkpoint_carries_the_label_list(data, tmp_path):
-    adapter, _ = train_adapter(D, *data, config=AdapterConfig(epochs=1), seed=0)
+    adapter, _ = train_adapter(data, AdapterConfig(epochs=1), seed=0)
     words = [f"w{i}" for i in range(K)]
     tuned = torch.randn(3, D)
     path = save_finetune(tmp_path / "ft.safetensors", words, adapter, tuned, torch.tensor([1, 4, 6]), {"note": "x"})
@@ -109,7 +110,7 @@ def test_checkpoint_carries_the_label_list(data, tmp_path):
 
 
 def test_synood_score_reduces_to_neglabel_and_substitutes_tuned_rows(data):
-    id_feats, _, _, _, id_text, neg_text = data
+    id_feats, id_text, neg_text = data.id_features, data.id_text, data.neg_text
     torch.testing.assert_close(
         synood_score(id_feats, id_text, neg_text, n_groups=2), neglabel_score(id_feats, id_text, neg_text, n_groups=2)
     )

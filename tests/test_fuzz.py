@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from synood_kit.config import MiningConfig, NegLabelConfig, from_dict, read_config
 from synood_kit.data import MAX_LABEL, ImageSet
 from synood_kit.finetune import AdapterConfig, LabelTuneConfig, load_finetune
-from synood_kit.inpainting import GuidanceConfig, InpaintConfig, context_prompt
+from synood_kit.inpainting import GuidanceConfig, InpaintConfig
 from synood_kit.mllm import parse_context
 from synood_kit.negatives import NegativeLabels
-from synood_kit.prompting import PromptingConfig, parse_reply
+from synood_kit.prompting import PromptingConfig, parse_reply, reply_prompt
 from synood_kit.storage import read_jsonl
 from synood_kit.synthesis import SynthesisConfig, read_records
 
@@ -87,8 +87,9 @@ def test_any_mllm_reply_parses_into_a_usable_prompt(answer):
     parsed = parse_reply(answer)
     assert parsed.context.strip() and (parsed.fallback is None) == bool(parsed.elements)
     assert all(isinstance(e, str) and sum(c.isalpha() for c in e) >= 2 for e in parsed.elements)
-    prompt = context_prompt(parsed.context, PromptingConfig().inpaint)
-    assert prompt.startswith("A photo only remain ") and len(prompt) <= len("A photo only remain .") + 73
+    for truncate in ("elements", "official"):  # whole elements, or the raw reply cut as the official code does
+        prompt = reply_prompt(answer, parsed, PromptingConfig(truncate=truncate))
+        assert prompt.startswith("A photo only remain ") and len(prompt) <= len("A photo only remain .") + 73
 
 
 @FUZZ

@@ -120,7 +120,7 @@ def test_mllm_answers_match_the_cpu(images):
 
 
 def test_fine_tuning_follows_the_features_device():
-    from synood_kit.finetune import AdapterConfig, synood_score, train_adapter, train_joint
+    from synood_kit.finetune import AdapterConfig, FinetuneData, synood_score, train_adapter, train_joint
 
     g = torch.Generator().manual_seed(0)
     id_text, neg_text = torch.randn(4, 32, generator=g), torch.randn(20, 32, generator=g)
@@ -129,11 +129,11 @@ def test_fine_tuning_follows_the_features_device():
     cfg = AdapterConfig(epochs=2, batch_size=32)
     args = (id_feats, id_labels, syn_feats, syn_index, id_text, neg_text)
     cuda_args = tuple(t.to("cuda") for t in args)
-    a_cpu, logs_cpu = train_adapter(32, *args, config=cfg)
-    a_gpu, logs_gpu = train_adapter(32, *cuda_args, config=cfg)
+    a_cpu, logs_cpu = train_adapter(FinetuneData(*args), cfg)
+    a_gpu, logs_gpu = train_adapter(FinetuneData(*cuda_args), cfg)
     assert next(a_gpu.parameters()).device.type == "cuda"
     np.testing.assert_allclose([x.loss for x in logs_gpu], [x.loss for x in logs_cpu], rtol=1e-4, atol=1e-5)
-    adapter, rows, _ = train_joint(*cuda_args, config=cfg)
+    adapter, rows, _ = train_joint(FinetuneData(*cuda_args), cfg)
     assert rows.device.type == "cuda" and next(adapter.parameters()).device.type == "cuda"
     s_gpu = synood_score(cuda_args[0], cuda_args[4], cuda_args[5], adapter=a_gpu).cpu()
     s_cpu = synood_score(id_feats, id_text, neg_text, adapter=a_cpu)

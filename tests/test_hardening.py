@@ -30,7 +30,7 @@ from synood_kit.finetune import (
     synood_score,
 )
 from synood_kit.guidance import boundary_target
-from synood_kit.inpainting import GuidanceConfig, InpaintConfig, load_inpaint_pipeline
+from synood_kit.inpainting import GuidanceConfig, InpaintConfig, load_inpaint_pipeline, refine_steps
 from synood_kit.models import WeightsNotFoundError
 from synood_kit.synthesis import SynthesisConfig, SynthesisSource, read_records, read_skipped, synthesize
 
@@ -227,11 +227,6 @@ def test_out_of_range_parameters_are_refused_naming_the_value(make, message):
         make()
 
 
-def test_zero_rounds_is_the_documented_unguided_baseline():
-    config = GuidanceConfig(rounds=0)
-    assert config.rounds == 0 and config.target is None  # one generation, no noise update, no target needed
-
-
 def test_bad_feature_extraction_sizes_are_refused(tiny_clip, tmp_path):
     _png(tmp_path / "imgs" / "a.png")
     image_set = ImageSet.from_folder(tmp_path / "imgs", labelled=False)
@@ -349,14 +344,8 @@ def test_a_damaged_feature_cache_shard_is_recomputed_with_a_warning(tiny_clip, t
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
-
-    tok = build_tokenizer()
-    folder = export_pipeline(
-        build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("p"), fp16=False
-    )
-    return fault_workers.load_pipe(folder)
+def pipe(tiny_inpaint_dir):
+    return fault_workers.load_pipe(tiny_inpaint_dir)
 
 
 CONFIG = dataclasses.replace(fault_workers.synthesis_config(), seed=1, batch_size=2)
@@ -369,6 +358,29 @@ def _good_sources(n):
         SynthesisSource(f"ok{i}", torch.rand(3, 32, 32, generator=g), "A photo only remain red background.")
         for i in range(n)
     ]
+
+
+def test_zero_rounds_is_the_documented_unguided_baseline(pipe):
+    """``rounds=0`` needs no target and runs one generation from the initial noise, with no gradient: exactly the
+    first generation of a guided run with the same seed."""
+    config = GuidanceConfig(rounds=0)
+    assert config.rounds == 0 and config.target is None  # one generation, no noise update, no target needed
+    images = torch.stack([s.image for s in _good_sources(2)])
+    prompts = [s.prompt for s in _good_sources(2)]
+
+    def run(guidance):
+        generator = torch.Generator().manual_seed(5)
+        return list(refine_steps(pipe, images, prompts, _brightness, guidance, CONFIG.inpaint, generator=generator))
+
+    (baseline,) = run(config)  # exactly one generation
+    assert baseline.round == 0 and baseline.grad is None and baseline.grad_magnitude is None
+    assert baseline.rejected == ()  # no update was tried
+    initial = torch.randn(baseline.noise.shape, generator=torch.Generator().manual_seed(5))  # the seed's first draw
+    assert torch.equal(baseline.noise, initial)
+    guided = run(GuidanceConfig(rounds=1, target=0.0, step_size=0.5))
+    assert len(guided) == 2 and guided[0].grad is not None and not torch.equal(guided[1].noise, initial)
+    for field in ("noise", "latent", "image", "score", "loss"):
+        assert torch.equal(getattr(baseline, field), getattr(guided[0], field)), field
 
 
 def test_bad_synthesis_sources_are_skipped_and_recorded_and_the_rest_goes_on(pipe, tmp_path):
@@ -494,7 +506,7 @@ def test_every_weights_file_the_kit_writes_is_safetensors(tiny_clip, tiny_clip_d
     text_features(tiny_clip, ["a dog"], cache_root=tmp_path / "cache", progress=False)
     words, data = fault_workers.finetune_inputs()
     run_finetune(
-        tmp_path / "ft", words, *data, adapter_config=AdapterConfig(epochs=1), label_config=LabelTuneConfig(epochs=1)
+        tmp_path / "ft", words, data, adapter_config=AdapterConfig(epochs=1), label_config=LabelTuneConfig(epochs=1)
     )
     written = [p for p in [*tmp_path.rglob("*"), *clf_folder.rglob("*"), *tiny_clip_dir.rglob("*")] if p.is_file()]
     data_files = [p for p in written if p.suffix not in (".json", ".jsonl", ".png") and p.name != ".lock"]
@@ -539,11 +551,70 @@ def test_model_code_shipped_in_a_folder_is_refused_unless_trusted(tmp_path, monk
     assert seen["trust_remote_code"] is False and seen["local_files_only"] is True
 
 
-def test_no_code_path_of_the_kit_turns_remote_code_on():
-    import synood_kit
+def test_no_code_path_of_the_kit_turns_remote_code_on(tmp_path, monkeypatch):
+    """Every loader that could run a model's own code tells its library not to, by default: load_mllm's model and
+    processor, for a folder and a hub id (the test above refuses a folder that asks for its code), and
+    load_inpaint_pipeline, which leaves diffusers' default (off) as it is."""
+    import diffusers
+    import transformers
 
-    sources = [p.read_text() for p in Path(synood_kit.__file__).parent.rglob("*.py")]
-    assert not any("trust_remote_code=True" in s for s in sources)
+    from synood_kit.mllm import load_mllm
+
+    seen: dict[str, list[dict]] = {}
+
+    def capture(name, then=None):
+        def from_pretrained(path, *args, **kwargs):
+            seen.setdefault(name, []).append(kwargs)
+            if then is None:
+                raise OSError("stop here")
+            return then
+
+        return from_pretrained
+
+    folder = tmp_path / "mllm"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llava"}')
+    model = torch.nn.Linear(1, 1)
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", capture("model", model))
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", capture("processor"))
+    for source in (folder, "synood-kit-test/no-such-mllm"):
+        with pytest.raises(WeightsNotFoundError):
+            load_mllm(source)
+    assert len(seen["model"]) == len(seen["processor"]) == 2
+    for kwargs in seen["model"] + seen["processor"]:
+        assert kwargs["trust_remote_code"] is False
+
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    (pipe / "model_index.json").write_text("{}")
+    pipeline = diffusers.StableDiffusionInpaintPipeline
+    monkeypatch.setattr(pipeline, "from_pretrained", capture("pipeline"))
+    for source in (str(pipe), "synood-kit-test/no-such-inpainting"):
+        with pytest.raises(WeightsNotFoundError):
+            load_inpaint_pipeline(source)
+    assert len(seen["pipeline"]) == 2
+    for kwargs in seen["pipeline"]:
+        assert kwargs.get("trust_remote_code", False) is False  # absent: diffusers' default, checked next
+    monkeypatch.undo()
+
+    # diffusers' default refuses a folder whose components need their own code, and never runs it
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil_pipe"
+    (evil / "unet").mkdir(parents=True)
+    (evil / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionInpaintPipeline",
+                "_diffusers_version": diffusers.__version__,
+                "unet": ["evil_unet", "EvilUNet"],
+            }
+        )
+    )
+    (evil / "unet" / "config.json").write_text("{}")
+    (evil / "unet" / "evil_unet.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass EvilUNet: pass\n")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        load_inpaint_pipeline(str(evil))
+    assert not marker.exists()
 
 
 def test_a_symlink_out_of_an_image_lists_root_is_refused(tmp_path):

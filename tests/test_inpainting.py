@@ -15,15 +15,12 @@ FAST = InpaintConfig(num_inference_steps=4, guidance_scale=2.0)
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
+def pipe(tiny_inpaint_dir):
     from diffusers import StableDiffusionInpaintPipeline
 
-    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
-
-    tok = build_tokenizer()
-    model = build_components(PRESETS["smoke"], vocab_size=len(tok), seed=0)
-    folder = export_pipeline(model, tok, tmp_path_factory.mktemp("pipe"), fp16=False)
-    p = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    p = StableDiffusionInpaintPipeline.from_pretrained(
+        tiny_inpaint_dir, safety_checker=None, requires_safety_checker=False
+    )
     p.set_progress_bar_config(disable=True)
     return p
 

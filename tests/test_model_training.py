@@ -46,19 +46,33 @@ def test_classifier_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
         torch.testing.assert_close(resumed[k], full[k], msg=k)
 
 
-def test_classifier_smoke_exports_a_loadable_folder(tmp_path):
-    train_classifier.main(["--smoke", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
-    clf = load_classifier(str(tmp_path / "model"))
+@pytest.fixture(scope="module")
+def smoke_classifier(tmp_path_factory):
+    """The classifier training script's ``--smoke`` export (a few steps on a tiny pool), run once."""
+    root = tmp_path_factory.mktemp("classifier_smoke")
+    train_classifier.main(["--smoke", "--run", str(root / "run"), "--out", str(root / "model")])
+    return root / "model"
+
+
+def test_classifier_smoke_exports_a_loadable_folder(smoke_classifier):
+    clf = load_classifier(str(smoke_classifier))
     assert clf.logits(torch.rand(3, 3, 32, 32)).shape == (3, len(clf.class_names))
 
 
-def test_quality_measures_the_folder_it_is_given(tmp_path, capsys):
-    """``quality --classifier FOLDER`` measures a reproduction's export, not the shipped model."""
-    train_classifier.main(["--smoke", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
-    quality.main(["--models", "classifier", "--classifier", str(tmp_path / "model"), "--out", str(tmp_path / "q.json")])
-    result = json.loads((tmp_path / "q.json").read_text())["classifier"]
-    assert result["model"] == f"classifier:{tmp_path / 'model'}" and result["n"] == 1200
-    assert 0.0 <= result["top1_id_test"] <= 1.0 and "classifier" in capsys.readouterr().out
+@pytest.mark.slow  # measures on the full benchmark's 1,200 id_test images; a cold cache first builds all 5,200
+def test_quality_measures_the_folder_it_is_given(smoke_classifier, mini_classifier_dir, tmp_path, capsys):
+    """``quality --classifier FOLDER`` measures a reproduction's export, not the shipped model: two folders given,
+    each result names its folder and holds that folder's numbers."""
+    results = {}
+    for name, folder in (("smoke", smoke_classifier), ("random", mini_classifier_dir)):
+        out = tmp_path / f"{name}.json"
+        quality.main(["--models", "classifier", "--classifier", str(folder), "--out", str(out)])
+        results[name] = result = json.loads(out.read_text())["classifier"]
+        assert result["model"] == f"classifier:{folder}" and result["n"] == 1200
+        assert 0.0 <= result["top1_id_test"] <= 1.0 and "classifier" in capsys.readouterr().out
+    # two models, two measurements: per-class accuracies of different weights on the same images differ
+    assert results["smoke"]["per_class"] != results["random"]["per_class"]
+    assert set(results["smoke"]["per_class"]) == set(BENCHMARK_SPEC.id_classes)
     with pytest.raises(SystemExit):
         quality.main(["--models", "vae"])
 

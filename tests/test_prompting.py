@@ -71,7 +71,7 @@ def test_prompt_contexts_writes_one_row_per_image_and_resumes(mllm_dir, tmp_path
         assert r["prompt"].startswith("A photo only remain ") and r["prompt"].endswith(".")
         assert set(r) >= {"id", "question", "answer", "context", "fallback", "prompt", "backend"}
     calls = []
-    backend.ask = lambda images, q: calls.append(len(images)) or ["red background"] * len(images)
+    backend.ask = lambda images, q, ids: calls.append(len(images)) or ["red background"] * len(images)
     rows = prompt_contexts(backend, _items(3), out, progress=False)
     assert calls == [1]  # only the new image was asked about
     assert len(out.read_text().splitlines()) == 3 and rows[2]["context"] == ["red background"]

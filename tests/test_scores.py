@@ -269,8 +269,10 @@ def test_neglabel_rejects_bad_arguments(clip_like_features):
     for bad_t in (0.0, -0.01):
         with pytest.raises(ValueError, match="temperature must be > 0"):
             neglabel_score(img, ids, neg, temperature=bad_t)
+    # more groups than negatives: capped at one negative per group (a short list, e.g. a capped corpus)
+    torch.testing.assert_close(neglabel_score(img, ids, neg, n_groups=104), neglabel_score(img, ids, neg, n_groups=103))
     with pytest.raises(ValueError, match=r"n_groups must be in \[1, n_negatives=103\], got 104"):
-        neglabel_score(img, ids, neg, n_groups=104)
+        neglabel_group_permutation(103, 104)
     for bad_groups in (0, -2):
         with pytest.raises(ValueError, match="n_groups"):
             neglabel_score(img, ids, neg, n_groups=bad_groups)

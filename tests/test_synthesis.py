@@ -20,16 +20,12 @@ CONFIG = SynthesisConfig(
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
+def pipe(tiny_inpaint_dir):
     from diffusers import StableDiffusionInpaintPipeline
 
-    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
-
-    tok = build_tokenizer()
-    folder = export_pipeline(
-        build_components(PRESETS["smoke"], len(tok), seed=0), tok, tmp_path_factory.mktemp("p"), fp16=False
+    p = StableDiffusionInpaintPipeline.from_pretrained(
+        tiny_inpaint_dir, safety_checker=None, requires_safety_checker=False
     )
-    p = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     p.set_progress_bar_config(disable=True)
     return p
 

@@ -10,48 +10,50 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
-from synood_kit.classifier import build_classifier, save_classifier_folder
-from synood_kit.miniworld.benchmark import BENCHMARK_SPEC, build_benchmark
+from synood_kit.miniworld.benchmark import BENCHMARK_SPEC
+
+
+@dataclass(frozen=True)
+class Setup:
+    pipe: Path  # the smoke in-painting pipeline's folder
+    clf: Path  # a random classifier over the mini-world's ID classes
+    bench: Path  # a scaled mini-world benchmark
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from synood_kit.miniworld.train_inpaint import PRESETS, build_components, build_tokenizer, export_pipeline
-
-    root = tmp_path_factory.mktemp("syn")
-    tok = build_tokenizer()
-    export_pipeline(build_components(PRESETS["smoke"], len(tok), seed=0), tok, root / "pipe", fp16=False)
-    torch.manual_seed(0)
-    kw = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": len(BENCHMARK_SPEC.id_classes)}
-    save_classifier_folder(
-        build_classifier("resnet", kw),
-        "resnet",
-        kw,
-        list(BENCHMARK_SPEC.id_classes),
-        root / "clf",
-        {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
-    )
-    build_benchmark(root / "bench", BENCHMARK_SPEC.scaled(0.02), progress=False)
-    return root
+def setup(tiny_inpaint_dir, mini_classifier_dir, mini_benchmark):
+    return Setup(tiny_inpaint_dir, mini_classifier_dir, mini_benchmark)
 
 
-def _args(root, out):
+@contextmanager
+def one_thread():
+    """Compute in this process as the launched ones do (``OMP_NUM_THREADS=1``), so the bytes match theirs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _args(setup, out):
     return [
         "synthesize",
         "--out",
         str(out),
         "--pipeline",
-        str(root / "pipe"),
+        str(setup.pipe),
         "--classifier",
-        str(root / "clf"),
+        str(setup.clf),
         "--benchmark",
-        str(root / "bench"),
-        "--split",
-        "id_test",
+        str(setup.bench),
         "--per-class",
         "1",
         "--steps",
@@ -75,11 +77,11 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _run(root, out, launcher=()):
+def _run(setup, out, launcher=()):
     cmd = (
-        [*launcher, sys.executable, "-m", "synood_kit.cli", *_args(root, out)]
+        [*launcher, sys.executable, "-m", "synood_kit.cli", *_args(setup, out)]
         if not launcher
-        else [*launcher, "-m", "synood_kit.cli", *_args(root, out)]
+        else [*launcher, "-m", "synood_kit.cli", *_args(setup, out)]
     )
     subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=600)
 
@@ -97,8 +99,12 @@ def _record_ids(folder):
 
 @pytest.fixture(scope="module")
 def reference(setup, tmp_path_factory):
+    """An uninterrupted one-chunk run, in this process (one thread, as the launched runs): the bytes to equal."""
+    from synood_kit.cli import main
+
     out = tmp_path_factory.mktemp("ref") / "out"
-    _run(setup, out)
+    with one_thread():
+        assert main(_args(setup, out)) == 0
     assert len(_images(out)) == len(BENCHMARK_SPEC.id_classes)
     return out
 
@@ -158,11 +164,13 @@ def test_accelerate_two_processes_equal_one(setup, reference, tmp_path):
     assert _images(out) == _images(reference)
 
 
-def test_streaming_in_small_chunks_equals_one_chunk(setup, reference, tmp_path):
+def test_streaming_in_small_chunks_equals_one_chunk(setup, reference, tmp_path, monkeypatch):
     """Sources stream through memory a chunk at a time (whole batches); the images equal a one-chunk run's."""
+    from synood_kit.cli import main
+
     out = tmp_path / "out"
-    code = f"import sys, synood_kit.cli as c; c.CHUNK_IMAGES = 4; sys.exit(c.main({_args(setup, out)!r}))"
-    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), capture_output=True, timeout=600)
+    with one_thread():
+        assert main([*_args(setup, out), "--chunk-images", "4"]) == 0
     assert _images(out) == _images(reference)
     assert sorted(_record_ids(out)) == sorted(_record_ids(reference))
 
@@ -173,8 +181,8 @@ def test_an_unreadable_source_image_is_skipped_and_recorded(setup, tmp_path):
     from synood_kit.synthesis import read_records, read_skipped
 
     bench = tmp_path / "bench"
-    shutil.copytree(setup / "bench", bench)
-    first = read_manifest(bench, "id_test")[0]
+    shutil.copytree(setup.bench, bench)
+    first = read_manifest(bench, "id_train")[0]
     (bench / first["path"]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     args = _args(setup, tmp_path / "out")
     args[args.index("--benchmark") + 1] = str(bench)
@@ -185,47 +193,59 @@ def test_an_unreadable_source_image_is_skipped_and_recorded(setup, tmp_path):
 
 
 def _image_folder(setup, folder, size=None):
-    """An ImageFolder tree (two classes, two images each) made of the scaled benchmark's ID test images."""
+    """An ImageFolder tree (two classes, two images each) made of the scaled benchmark's ID training images."""
     from PIL import Image
 
     from synood_kit.miniworld.benchmark import read_manifest
 
-    records = read_manifest(setup / "bench", "id_test")
+    records = read_manifest(setup.bench, "id_train")
     for cls_name in ("heart", "pentagon"):
         picked = [r for r in records if r["class_name"] == cls_name][:2]
         (folder / cls_name.replace(" ", "_")).mkdir(parents=True)
         for k, r in enumerate(picked):
-            image = Image.open(setup / "bench" / r["path"])
+            image = Image.open(setup.bench / r["path"])
             if size is not None and cls_name == "pentagon":
                 image = image.resize(size, Image.BICUBIC)
             image.save(folder / cls_name / f"img{k}.png")
     return folder
 
 
-def _source_args(setup, folder, out, *extra):
+def _described(setup, folder, class_names='"auto"'):
+    """A benchmark.toml over an ImageFolder tree (ID train and test) and the mini-world's near-OOD folder."""
+    path = folder.parent / "benchmark.toml"
+    path.write_text(
+        f'name = "shapes-folder"\nclass_names = {class_names}\n'
+        f'[splits.id_train]\nfolder = "{folder}"\n[splits.id_test]\nfolder = "{folder}"\n'
+        f'[splits.near]\nfolder = "{setup.bench / "near_ood"}"\ngroup = "near"\n'
+    )
+    return path
+
+
+def _source_args(setup, description, out, *extra):
     args = _args(setup, out)
-    for flag in ("--benchmark", "--split", *(("--clip",) if "--clip" in extra else ())):
+    for flag in ("--benchmark", *(("--clip",) if "--clip" in extra else ())):
         i = args.index(flag)
         del args[i : i + 2]
-    return [*args, "--sources", str(folder), "--context", "mllm", *extra]
+    return [*args, "--benchmark", str(description), "--config", "miniworld", "--context", "mllm", *extra]
 
 
 @pytest.mark.slow
 def test_sources_from_an_image_folder_are_resized_and_prompted_by_the_mllm(setup, tiny_clip_dir, tmp_path, capsys):
-    """ImageNet-style input: an ImageFolder of images of two sizes, resized to the pipeline's 32 x 32, with the
-    MLLM's context prompts, a CLIP scorer whose ID prompts are the folder names, and negative labels."""
+    """ImageNet-style input: an ImageFolder of images of two sizes, resized to the pipeline's native 32 x 32, with
+    the MLLM's context prompts, a CLIP scorer whose ID prompts are the folder names, and negative labels."""
     from synood_kit.cli import main
     from synood_kit.negatives import NegativeLabels
     from synood_kit.synthesis import read_records
 
-    folder = _image_folder(setup, tmp_path / "imagenet_like", size=(48, 40))
+    description = _described(setup, _image_folder(setup, tmp_path / "data" / "imagenet_like", size=(48, 40)))
     words = ("marble texture", "stripes", "navy")
     negs = tmp_path / "negatives.json"
     NegativeLabels(words, ("noun",) * 3, tuple(f"the nice {w}" for w in words), (0.0,) * 3, {}).save(negs)
-    assert main(_source_args(setup, folder, tmp_path / "out")) == 2  # two sizes and no --size
-    assert "pass --size" in capsys.readouterr().err
-    extra = ("--size", "32", "--scorer", "clip-mcm", "--clip", str(tiny_clip_dir), "--negatives", str(negs))
-    assert main(_source_args(setup, folder, tmp_path / "out", *extra)) == 0, capsys.readouterr().err
+    assert main(_source_args(setup, description, tmp_path / "out", "--size", "16")) == 2
+    assert "below the in-painting pipeline's native 32 px" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    extra = ("--scorer", "clip-mcm", "--clip", str(tiny_clip_dir), "--negatives", str(negs))
+    assert main(_source_args(setup, description, tmp_path / "out", *extra)) == 0, capsys.readouterr().err
     records = read_records(tmp_path / "out")
     assert sorted(records) == ["heart/img0", "pentagon/img0"]
     for rid, record in records.items():
@@ -233,20 +253,22 @@ def test_sources_from_an_image_folder_are_resized_and_prompted_by_the_mllm(setup
         assert record["meta"]["context_answer"] and record["prompt"].startswith("A photo only remain")
         assert record["negative_label"]["word"] in words
         assert (tmp_path / "out" / record["image"]).is_file()
-    assert json.loads((tmp_path / "out" / "synthesis.json").read_text())["scorer"] == "clip-mcm"
+    config = json.loads((tmp_path / "out" / "synthesis.json").read_text())
+    assert config["scorer"] == "clip-mcm" and config["run"]["sources"]["size"] == 32
+    assert config["run"]["benchmark"]["name"] == "shapes-folder"
 
 
-def test_sources_refuse_what_needs_the_miniworld(setup, tmp_path, capsys):
+def test_sources_refuse_what_the_benchmark_cannot_serve(setup, tmp_path, capsys):
     from synood_kit.cli import main
 
-    folder = _image_folder(setup, tmp_path / "imagenet_like")
-    args = _source_args(setup, folder, tmp_path / "out")
+    folder = _image_folder(setup, tmp_path / "data" / "imagenet_like")
+    description = _described(setup, folder)
+    args = _source_args(setup, description, tmp_path / "out")
     args[args.index("--context") + 1] = "truth"
-    assert main(args) == 2 and "--context truth needs the mini-world's captions" in capsys.readouterr().err
-    assert main(_source_args(setup, folder, tmp_path / "out", "--mask", "box")) == 2
-    assert "--mask box needs the mini-world's scene metadata" in capsys.readouterr().err
-    names = tmp_path / "names.txt"
-    names.write_text("heart\n")
-    assert main(_source_args(setup, folder, tmp_path / "out", "--class-names", str(names))) == 2
-    assert "1 class names for the 2 classes" in capsys.readouterr().err
+    assert main(args) == 2 and "has no ground-truth context" in capsys.readouterr().err
+    assert main(_source_args(setup, description, tmp_path / "out", "--mask", "box")) == 2
+    assert "needs the benchmark's subject annotations" in capsys.readouterr().err
+    description = _described(setup, folder, class_names='["heart"]')
+    assert main(_source_args(setup, description, tmp_path / "out")) == 2
+    assert "1 class names for 2 ID class folders" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

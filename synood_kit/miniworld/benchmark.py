@@ -39,6 +39,7 @@ __all__ = [
     "BenchmarkSpec",
     "build_benchmark",
     "default_benchmark_root",
+    "miniworld_benchmark",
     "open_benchmark",
     "pretraining_digit_rows",
     "read_manifest",
@@ -293,3 +294,59 @@ def split_image_set(root: str | Path, split: str):
         s = ImageSet.from_folder(root / split, name=split, labelled=True, class_names=folders)
         return ImageSet(s.name, s.root, s.items, tuple(spec["id_classes"]))
     return ImageSet.from_folder(root / split, name=split, labelled=False)
+
+
+_GROUPS = {"near_ood": "near", "far_scenes": "far", "far_textures": "far", "far_digits": "far"}
+
+
+def _stem_ids(image_set):
+    """Return a split with each image's file stem as its id (the manifest's id, unique across the benchmark)."""
+    from ..data import ImageItem, ImageSet
+
+    items = tuple(ImageItem(Path(it.path).stem, it.path, it.label) for it in image_set.items)
+    return ImageSet(image_set.name, image_set.root, items, image_set.class_names)
+
+
+def miniworld_benchmark(root: str | Path | None = None, progress: bool = True):
+    """Return the mini-world as a :class:`~synood_kit.benchmark.Benchmark` (built into the cache on first use).
+
+    Splits are read from the ImageFolder trees (ids are the manifest's), OOD splits grouped as near (the held-out
+    siblings) and far (scenes, textures, digits). Its annotations carry what only a procedural world knows: each
+    scene's true context (the ``truth`` context backend), the subject's box and silhouette (``box`` and
+    ``subject`` masks) and the world's own words for the NegLabel corpus.
+    """
+    from functools import partial
+
+    import torch
+
+    from ..benchmark import Annotations, Benchmark, Split
+    from .world import Scene, subject_box, subject_mask, world_vocabulary
+
+    root = open_benchmark(root, progress=progress)
+    spec = json.loads((root / "benchmark.json").read_text())["spec"]
+    records = read_manifest(root)
+    context = {r["id"]: tuple(r["context"]) for r in records if "context" in r}
+    scenes = {r["id"]: r["meta"] for r in records if r["split"] == "id_train"}
+
+    def mask(image_id: str, kind: str) -> torch.Tensor:
+        if image_id not in scenes:
+            raise ValueError(f"no scene annotation for {image_id!r}: masks exist for the ID training images")
+        scene = Scene.from_dict(scenes[image_id])
+        if kind == "subject":
+            return torch.from_numpy((subject_mask(scene) > 0.05).astype("float32"))[None]
+        if kind != "box":
+            raise ValueError(f"mask kind must be 'box' or 'subject', got {kind!r}")
+        x0, y0, x1, y1 = subject_box(scene, grow=2)
+        out = torch.zeros(1, 32, 32)
+        out[:, y0:y1, x0:x1] = 1.0
+        return out
+
+    def load(split: str):
+        return _stem_ids(split_image_set(root, split))
+
+    splits = tuple(
+        Split(name, "builtin", str(root / name), _GROUPS.get(name), partial(load, name))
+        for name in ("id_train", "id_test", *OOD_SPLITS)
+    )
+    annotations = Annotations(context=context, masks=mask, vocabulary=tuple(world_vocabulary()))
+    return Benchmark("miniworld", tuple(spec["id_classes"]), splits, f"miniworld:{root}", "miniworld", annotations)

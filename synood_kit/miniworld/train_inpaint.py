@@ -69,7 +69,7 @@ __all__ = [
     "train",
 ]
 
-REMOVAL_PROMPT = "A photo only remain {}."  # SynOOD's official prompt template (METHOD.md, stage 2-3)
+REMOVAL_PROMPT = "A photo only remain {}."  # SynOOD's official prompt template (docs/method.md, stage 2)
 _STREAM = 4207  # random-stream code of the in-painting training scenes (benchmark streams use 2025)
 _BATCH_STREAM = 4208  # random-stream code of the batch draws
 KINDS = ("removal", "box", "subject", "caption")
