@@ -154,8 +154,9 @@ def mcm_score(
 def neglabel_group_permutation(n_negatives: int, n_groups: int, seed: int = 0) -> torch.Tensor:
     """Return the negative-label indices used by grouped NegLabel, shaped ``(n_groups, group_size)``.
 
-    NegLabel (Jiang et al., ICLR 2024, Sec. 3.3): shuffle the negatives with a fixed seed and split them into
-    ``n_groups`` equal groups; the ``n_negatives % n_groups`` left over after the shuffle are dropped.
+    NegLabel's official grouping (Jiang et al., ICLR 2024, Sec. 3.3; docs/method.md, "NegLabel"): drop the **last**
+    ``n_negatives % n_groups`` negatives of the saved order, then permute the remaining ones with a fixed-seed
+    generator and split the permutation into ``n_groups`` contiguous groups of equal size.
 
     Args:
         n_negatives: number of negative labels ``M``.
@@ -167,10 +168,9 @@ def neglabel_group_permutation(n_negatives: int, n_groups: int, seed: int = 0) -
     """
     if n_groups < 1 or n_groups > n_negatives:
         raise ValueError(f"n_groups must be in [1, n_negatives={n_negatives}], got {n_groups}")
+    kept = n_negatives - n_negatives % n_groups  # the tail of the saved order is dropped before the shuffle
     generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n_negatives, generator=generator)
-    group_size = n_negatives // n_groups
-    return perm[: n_groups * group_size].reshape(n_groups, group_size)
+    return torch.randperm(kept, generator=generator).reshape(n_groups, kept // n_groups)
 
 
 def grouped_id_probability(

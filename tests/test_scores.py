@@ -170,19 +170,58 @@ def test_neglabel_grouped_matches_hand_computation(seed):
     assert got[0].item() != pytest.approx(_hand_neglabel(0, [[0, 1, 2, 3]]), rel=1e-3)
 
 
-def test_neglabel_grouped_drops_the_remainder():
-    # 5 negatives in 2 groups of 2: one negative is left out, and which one depends on the seed.
-    dropped_seen = set()
+def test_neglabel_grouped_drops_the_last_negatives_then_permutes():
+    # 5 negatives in 2 groups of 2: the official grouping drops the last one (index 4) before the shuffle
     for seed in range(12):
         groups = neglabel_group_permutation(5, 2, seed).tolist()
         assert len(groups) == 2 and all(len(g) == 2 for g in groups)
-        (dropped,) = set(range(5)) - {i for g in groups for i in g}
-        dropped_seen.add(dropped)
+        assert sorted(i for g in groups for i in g) == [0, 1, 2, 3]
         got = neglabel_score(IMAGES, ID_FEATS, NEG_FEATS, temperature=TAU, n_groups=2, seed=seed)
         for image in (0, 1):
             assert got[image].item() == pytest.approx(_hand_neglabel(image, groups), rel=1e-6)
-    # The check above is only sensitive if the dropped negative varies (n4 = t0 weighs a lot when kept).
-    assert len(dropped_seen) >= 3
+
+
+def _official_neglabel(image_feats, id_feats, neg_feats, tau, n_groups, seed):
+    """NegLabel's grouped score written out literally, in float64 numpy: cosine logits over the saved order, drop the
+    last M % G negatives, permute the rest with the seeded generator, split into G contiguous groups, softmax over
+    [ID labels, one group] per group, the ID mass averaged over groups."""
+    import numpy as np
+
+    def unit(x):
+        x = x.double().numpy()
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    x, ids, negs = unit(image_feats), unit(id_feats), unit(neg_feats)
+    cos_id, cos_neg = x @ ids.T, x @ negs.T
+    m = negs.shape[0]
+    kept = cos_neg[:, : m - m % n_groups]
+    order = torch.randperm(kept.shape[1], generator=torch.Generator().manual_seed(seed)).numpy()
+    groups = kept[:, order].reshape(len(x), n_groups, -1)
+    scores = np.zeros(len(x))
+    for g in range(n_groups):
+        logits = np.concatenate([cos_id, groups[:, g, :]], axis=1) / tau
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        scores += p[:, : cos_id.shape[1]].sum(axis=1)
+    return scores / n_groups
+
+
+@pytest.mark.parametrize(("m", "seed"), [(1005, 0), (1005, 1), (1099, 2), (1000, 3), (1050, 7)])
+def test_neglabel_equals_the_official_grouping_when_m_is_not_a_multiple_of_g(m, seed):
+    g = torch.Generator().manual_seed(seed)
+    images, ids, negs = (
+        torch.randn(300, 32, generator=g),
+        torch.randn(50, 32, generator=g),
+        torch.randn(m, 32, generator=g),
+    )
+    got = neglabel_score(images, ids, negs, temperature=0.01, n_groups=100, seed=seed).double().numpy()
+    want = _official_neglabel(images, ids, negs, 0.01, 100, seed)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+    if m % 100:  # dropping random negatives instead (what shuffling before dropping does) changes the scores
+        shuffled = torch.randperm(m, generator=torch.Generator().manual_seed(seed))
+        keep = shuffled[: m - m % 100]
+        old = neglabel_score(images, ids, negs[keep], temperature=0.01, n_groups=100, seed=seed)
+        assert np.abs(old.double().numpy() - want).max() > 1e-4
 
 
 def test_grouped_id_probability_splits_contiguous_columns():
