@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from .config import NegLabelConfig
-from .metrics import METRIC_COLUMNS, summarize
+from .metrics import AUPR_DEFINITION, summarize
 from .scores import energy_score, mcm_score, msp_score, neglabel_score
+
+MARKDOWN_COLUMNS = ("AUROC", "AUPR_In", "AUPR_Out", "FPR95_IDpos", "FPR95_OODpos")  # trapezoid AUPRs: CSV and JSON
 
 __all__ = [
     "ZeroShotConfig",
@@ -160,7 +162,7 @@ def ood_table(
     return out
 
 
-def format_markdown(table, columns: tuple[str, ...] = METRIC_COLUMNS, digits: int = 1) -> str:
+def format_markdown(table, columns: tuple[str, ...] = MARKDOWN_COLUMNS, digits: int = 1) -> str:
     """Return a Markdown table of ``table`` (from :func:`ood_table`) with metrics in percent.
 
     Args:
@@ -181,7 +183,7 @@ def format_markdown(table, columns: tuple[str, ...] = METRIC_COLUMNS, digits: in
                 text += f" [{100 * row[f'{c}_low']:.{digits}f}, {100 * row[f'{c}_high']:.{digits}f}]"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + AUPR_DEFINITION + " The trapezoid columns are in the CSV and metrics.json.\n"
 
 
 def table_value(table, method: str, ood_set: str, metric: str = "FPR95_IDpos") -> float:

@@ -56,8 +56,11 @@ class InpaintConfig:
     num_inference_steps: int = 20  # scheduler steps over the full schedule (official 20)
     guidance_scale: float = 8.0  # classifier-free guidance (official 8)
     negative_prompt: str = ""  # CFG's unconditional prompt
+    source_latent: str = "sample"  # the source's VAE latent: "sample" (official; seeded per image) or "mode"
 
     def __post_init__(self) -> None:
+        if self.source_latent not in ("sample", "mode"):
+            raise ValueError(f"source_latent must be 'sample' or 'mode', got {self.source_latent!r}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if (
@@ -79,7 +82,9 @@ class GuidanceConfig:
     """Energy-gradient refinement of the initial noise (docs/method.md, stage 4)."""
 
     rounds: int = 3  # noise updates (official R = 3)
-    step_size: float = 10.0  # lr on the noise (official 10; the argparse default 2e11 is a defect)
+    step_size: float = 10.0  # lr on the noise, in step_unit (official 10; the argparse default 2e11 is a defect)
+    step_unit: str = "official"  # "official": lr on d mean_i L_i / d(z / sf), the official code's form;
+    # "per_image": lr on d L_i / d z per image, batch-independent. official lr at batch B = per_image lr * B / sf
     target: float | None = None  # score target; None: required from boundary_target() by the caller
     normalize: str = "none"  # "none" (official), "unit" (per-sample unit RMS gradient) or "clip"
     clip_value: float = 1.0  # with normalize="clip": per-element gradient clip
@@ -96,6 +101,8 @@ class GuidanceConfig:
             raise ValueError(f"target must be None or a finite number, got {self.target!r}")
         if self.normalize not in ("none", "unit", "clip"):
             raise ValueError(f"normalize must be 'none', 'unit' or 'clip', got {self.normalize!r}")
+        if self.step_unit not in ("official", "per_image"):
+            raise ValueError(f"step_unit must be 'official' or 'per_image', got {self.step_unit!r}")
         if self.official_rounds and self.rounds < 1:
             raise ValueError("official_rounds needs rounds >= 1")
 
@@ -110,7 +117,7 @@ class RefineStep:
     image: torch.Tensor  # (B, 3, H, W) decoded image in [0, 1]
     score: torch.Tensor  # (B,) guidance score of the image (higher = more ID)
     loss: torch.Tensor  # (B,) (target - score)^2
-    grad: torch.Tensor | None  # (B, C, h, w) d loss / d z_hat, None where no update follows
+    grad: torch.Tensor | None  # (B, C, h, w) the gradient the update uses (see GuidanceConfig.step_unit), or None
     grad_magnitude: torch.Tensor | None  # (B, h, w) per-position L2 norm of grad over channels
     seconds: float  # wall time of this generation (denoise + decode + backward)
     unet_evals: int  # UNet forward passes of this generation (x2 under CFG)
@@ -154,10 +161,13 @@ def full_masks(images: torch.Tensor) -> torch.Tensor:
     return torch.ones(images.shape[0], 1, *images.shape[-2:], dtype=images.dtype)
 
 
-def _encode(pipe, images: torch.Tensor) -> torch.Tensor:
+def _encode(pipe, images: torch.Tensor, how: str = "sample", noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Return the sources' scaled latents: sampled from the VAE's latent distribution with ``noise`` (official), or
+    its mode."""
     with torch.no_grad():
         dist = pipe.vae.encode(images * 2 - 1).latent_dist
-    return dist.mode() * pipe.vae.config.scaling_factor
+    latent = dist.mode() if how == "mode" else dist.mean + dist.std * noise.to(dist.mean)
+    return latent * pipe.vae.config.scaling_factor
 
 
 def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
@@ -191,6 +201,7 @@ def refine_steps(
     masks: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    source_noise: torch.Tensor | None = None,
 ) -> Iterator[RefineStep]:
     """Yield one :class:`RefineStep` per generation of energy-gradient noise refinement.
 
@@ -205,6 +216,8 @@ def refine_steps(
         masks: ``(B, 1, H, W)`` in ``[0, 1]`` (1 = repaint); default the official full-image mask.
         generator: seeds the initial noise (a CPU generator, so results match across devices).
         noise: an explicit initial noise ``(B, C, h, w)`` instead of drawing one.
+        source_noise: ``(B, C, h, w)`` standard normal noise that samples the sources' VAE latents
+            (``config.source_latent="sample"``); default drawn from ``generator`` after everything else.
 
     Yields:
         ``guidance.rounds + 1`` steps (``guidance.rounds`` with ``official_rounds``); the last one's image is
@@ -225,67 +238,84 @@ def refine_steps(
         raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
     device = pipe.device
     images = images.to(device, torch.float32)
-    z0 = _encode(pipe, images)
+    with torch.no_grad():
+        latent_shape = pipe.vae.encode(images[:1] * 2 - 1).latent_dist.mean.shape[1:]
+    shape = (len(images), *latent_shape)
     if noise is None:
-        noise = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device)
-    elif noise.shape != z0.shape:
-        raise ValueError(f"noise must have the latent shape {tuple(z0.shape)}, got {tuple(noise.shape)}")
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have the latent shape {shape}, got {tuple(noise.shape)}")
     eps = noise.to(device, torch.float32)
     # the pipeline samples the masked image's latent; seed it too, the same in every round
     pipe_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    if config.source_latent == "sample" and source_noise is None:
+        source_noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    z0 = _encode(pipe, images, config.source_latent, source_noise)
     generations = guidance.rounds if guidance.official_rounds else guidance.rounds + 1
-    t0, n_steps = _start_timestep(pipe, config)
+    t0, _ = _start_timestep(pipe, config)
     cfg_factor = 2 if config.guidance_scale > 1.0 else 1
-    for r in range(generations):
-        start = time.perf_counter()
-        eps_start = eps.detach().cpu()
-        z_t0 = pipe.scheduler.add_noise(z0, eps, t0.reshape(1).repeat(len(z0)))
-        with torch.no_grad():
-            out = pipe(
-                prompt=list(prompts),
-                negative_prompt=[config.negative_prompt] * len(prompts) if cfg_factor == 2 else None,
-                image=images,
-                mask_image=masks.to(device, torch.float32),
-                height=images.shape[-2],
-                width=images.shape[-1],
-                strength=config.strength,
-                num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale,
-                latents=z_t0 / pipe.scheduler.init_noise_sigma,
-                generator=torch.Generator(device).manual_seed(pipe_seed),
-                output_type="latent",
+    calls = [0]
+    hook = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    sf = pipe.vae.config.scaling_factor
+    try:
+        for r in range(generations):
+            start, calls[0] = time.perf_counter(), 0
+            eps_start = eps.detach().cpu()
+            z_t0 = pipe.scheduler.add_noise(z0, eps, t0.reshape(1).repeat(len(z0)))
+            with torch.no_grad():
+                out = pipe(
+                    prompt=list(prompts),
+                    negative_prompt=[config.negative_prompt] * len(prompts) if cfg_factor == 2 else None,
+                    image=images,
+                    mask_image=masks.to(device, torch.float32),
+                    height=images.shape[-2],
+                    width=images.shape[-1],
+                    strength=config.strength,
+                    num_inference_steps=config.num_inference_steps,
+                    guidance_scale=config.guidance_scale,
+                    latents=z_t0 / pipe.scheduler.init_noise_sigma,
+                    generator=torch.Generator(device).manual_seed(pipe_seed),
+                    output_type="latent",
+                )
+            unet_evals = calls[0] * cfg_factor  # per image: one batched call covers both halves of CFG
+            z_hat = out.images.detach().float()
+            wants_grad = r < guidance.rounds  # the kit's last generation (or the official last gradient) ...
+            keeps_update = r < generations - 1  # ... only an update that reaches a later generation is applied
+            target = guidance.target if guidance.target is not None else 0.0
+            with torch.enable_grad():
+                if guidance.step_unit == "official":  # d mean_i L_i / d(z / sf), as the official code takes it
+                    u = (z_hat / sf).clone().requires_grad_(wants_grad)
+                    image = ((pipe.vae.decode(u).sample + 1) / 2).clamp(0, 1)
+                else:  # d L_i / d z per image: a step that does not depend on the batch or the VAE's scale
+                    u = z_hat.clone().requires_grad_(wants_grad)
+                    image = _decode(pipe, u)
+                score = scorer(image).float()
+                loss = (target - score) ** 2
+                reduced = loss.mean() if guidance.step_unit == "official" else loss.sum()
+                grad = torch.autograd.grad(reduced, u)[0] if wants_grad else None
+            rejected = ()
+            if grad is not None and keeps_update:
+                bad = ~torch.isfinite(grad).flatten(1).all(1)
+                step = _normalised(torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0), guidance)
+                step[bad] = 0.0  # a non-finite gradient is rejected for that sample and recorded
+                eps = eps - guidance.step_size * step
+                rejected = tuple(bool(b) for b in bad.cpu())
+            yield RefineStep(
+                round=r,
+                noise=eps_start,
+                latent=z_hat.cpu(),
+                image=image.detach().cpu(),
+                score=score.detach().cpu(),
+                loss=loss.detach().cpu(),
+                grad=None if grad is None else grad.detach().cpu(),
+                grad_magnitude=None if grad is None else grad.detach().norm(dim=1).cpu(),
+                seconds=time.perf_counter() - start,
+                unet_evals=unet_evals,
+                vae_decodes=1,
+                rejected=rejected,
             )
-        z_hat = out.images.detach().float()
-        wants_grad = r < guidance.rounds  # the kit's last generation (or the official last gradient) ...
-        keeps_update = r < generations - 1  # ... only an update that reaches a later generation is applied
-        target = guidance.target if guidance.target is not None else 0.0
-        with torch.enable_grad():
-            z = z_hat.clone().requires_grad_(wants_grad)
-            image = _decode(pipe, z)
-            score = scorer(image).float()
-            loss = (target - score) ** 2
-            grad = torch.autograd.grad(loss.sum(), z)[0] if wants_grad else None
-        rejected = ()
-        if grad is not None and keeps_update:
-            bad = ~torch.isfinite(grad).flatten(1).all(1)
-            step = _normalised(torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0), guidance)
-            step[bad] = 0.0  # a non-finite gradient is rejected for that sample and recorded
-            eps = eps - guidance.step_size * step
-            rejected = tuple(bool(b) for b in bad.cpu())
-        yield RefineStep(
-            round=r,
-            noise=eps_start,
-            latent=z_hat.cpu(),
-            image=image.detach().cpu(),
-            score=score.detach().cpu(),
-            loss=loss.detach().cpu(),
-            grad=None if grad is None else grad.detach().cpu(),
-            grad_magnitude=None if grad is None else grad.detach().norm(dim=1).cpu(),
-            seconds=time.perf_counter() - start,
-            unet_evals=n_steps * cfg_factor,
-            vae_decodes=1,
-            rejected=rejected,
-        )
+    finally:
+        hook.remove()
 
 
 def refine(*args, **kwargs) -> RefineStep:

@@ -7,9 +7,12 @@ Scores are higher = more in-distribution. Two positive-class conventions exist a
 * **OOD-positive** (OpenOOD, pytorch-ood): ``fpr_at_tpr_ood_positive`` is the share of ID samples flagged
   as OOD at the threshold that flags ``tpr`` of the OOD samples. Columns: ``FPR95_OODpos``.
 
-AUROC is the same in both. ``AUPR_In`` takes ID as positive, ``AUPR_Out`` takes OOD as positive. Each
-metric follows scikit-learn's definitions (``roc_curve``, ``roc_auc_score``, ``average_precision_score``)
-and agrees with them to float precision; this module does not import scikit-learn or any model code.
+AUROC is the same in both. ``AUPR_In`` takes ID as positive, ``AUPR_Out`` takes OOD as positive. Two AUPR
+definitions exist too, and both are offered: ``AUPR_In``/``AUPR_Out`` are **average precision**
+(scikit-learn's ``average_precision_score``, a step sum); ``AUPR_In_trapz``/``AUPR_Out_trapz`` integrate the
+precision-recall curve with the **trapezoid rule** (``auc(recall, precision)`` over ``precision_recall_curve``),
+as OpenOOD reports AUPR. Each metric agrees with scikit-learn to float precision; this module does not import
+scikit-learn or any model code.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "AUPR_DEFINITION",
     "METRIC_COLUMNS",
     "aupr_in",
     "aupr_out",
@@ -32,7 +36,11 @@ __all__ = [
     "summarize",
 ]
 
-METRIC_COLUMNS = ("AUROC", "AUPR_In", "AUPR_Out", "FPR95_IDpos", "FPR95_OODpos")
+METRIC_COLUMNS = ("AUROC", "AUPR_In", "AUPR_Out", "FPR95_IDpos", "FPR95_OODpos", "AUPR_In_trapz", "AUPR_Out_trapz")
+AUPR_DEFINITION = (
+    "AUPR_In/AUPR_Out: average precision (scikit-learn's average_precision_score); AUPR_In_trapz/AUPR_Out_trapz: "
+    "the trapezoid rule over the precision-recall curve, as OpenOOD reports AUPR."
+)
 
 
 def _as_scores(x, name: str) -> np.ndarray:
@@ -82,6 +90,17 @@ def _average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
     return float(np.sum(np.diff(tps) / tps[-1] * precision))
 
 
+def _trapezoid_precision(tps: np.ndarray, fps: np.ndarray) -> float:
+    """The area under the precision-recall curve by the trapezoid rule, over the points scikit-learn's
+    ``precision_recall_curve`` returns: every distinct threshold from the highest down to the first that reaches
+    full recall, plus (recall 0, precision 1)."""
+    last = int(np.searchsorted(tps, tps[-1]))  # the first point of full recall
+    k = np.arange(1, last + 1)
+    precision = np.r_[1.0, tps[k] / (tps[k] + fps[k])]
+    recall = np.r_[0.0, tps[k] / tps[-1]]
+    return float(np.trapezoid(precision, recall))
+
+
 def _fpr_at(tps: np.ndarray, fps: np.ndarray, tpr: float) -> float:
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
@@ -100,6 +119,8 @@ def _all_metrics(id_arr: np.ndarray, ood_arr: np.ndarray, tpr: float) -> dict[st
         "AUPR_Out": _average_precision(tps_out, fps_out),
         "FPR95_IDpos": _fpr_at(tps, fps, tpr),
         "FPR95_OODpos": _fpr_at(tps_out, fps_out, tpr),
+        "AUPR_In_trapz": _trapezoid_precision(tps, fps),
+        "AUPR_Out_trapz": _trapezoid_precision(tps_out, fps_out),
     }
 
 

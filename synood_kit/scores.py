@@ -238,6 +238,8 @@ def neglabel_score(
     _check_temperature(temperature)
     if n_groups is not None and n_groups < 1:
         raise ValueError(f"n_groups must be None or >= 1, got {n_groups}")
+    if len(neg_text_features) == 0:
+        raise ValueError("neg_text_features is empty: NegLabel needs at least one negative label")
     if n_groups is not None:
         n_groups = min(n_groups, len(neg_text_features))  # a list shorter than G: one negative per group
     n_id = len(id_text_features)

@@ -293,15 +293,10 @@ def synthesize_batches(
     )  # images done, rate, time left
     for batch in todo:
         images = torch.stack([s.image for s in batch])
-        noise = torch.stack(
-            [
-                torch.randn(
-                    _latent_shape(pipe, images),
-                    generator=torch.Generator().manual_seed(item_seed(config.seed, s.id)),
-                )
-                for s in batch
-            ]
-        )
+        # per image, from its own seed: the initial noise, then the noise that samples its VAE latent
+        draws = [_image_noise(pipe, images, item_seed(config.seed, s.id)) for s in batch]
+        noise = torch.stack([d[0] for d in draws])
+        source_noise = torch.stack([d[1] for d in draws])
         start = time.perf_counter()
         masks = torch.stack([s.mask if s.mask is not None else torch.ones(1, *s.image.shape[-2:]) for s in batch])
         steps = list(
@@ -314,6 +309,7 @@ def synthesize_batches(
                 config.inpaint,
                 masks=masks,
                 noise=noise,
+                source_noise=source_noise,
                 generator=torch.Generator().manual_seed(item_seed(config.seed, batch[0].id)),
             )
         )
@@ -400,6 +396,13 @@ def negative_labeler(
         return out
 
     return label
+
+
+def _image_noise(pipe, images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return one image's initial noise and VAE-sampling noise, both drawn from a generator seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = _latent_shape(pipe, images)
+    return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
 
 
 def _latent_shape(pipe, images: torch.Tensor) -> tuple[int, ...]:

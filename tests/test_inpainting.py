@@ -167,3 +167,61 @@ def test_official_target_is_unreachable_and_the_boundary_target_is_a_quantile(cl
     with torch.no_grad():
         expected = torch.quantile(energy(x), 0.05).item()
     assert boundary_target(energy, x, batch_size=5) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("sf", [1.0, 0.18215])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_the_official_step_reproduces_the_official_update_for_any_batch_and_scale(pipe, clf, sf, batch):
+    """`step_unit="official"` takes the gradient of the batch-mean loss with respect to the unscaled latent
+    ``z / sf``, as the official code does (docs/method.md, stage 4); a per-image step of ``lr * sf / B`` is the same
+    update, computed without the batch or the scale."""
+    before = pipe.vae.config.scaling_factor
+    pipe.vae.register_to_config(scaling_factor=sf)
+    try:
+        images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        prompts = [PROMPTS[i % 2] for i in range(batch)]
+        scorer = classifier_scorer(clf)
+
+        def run(step_size, unit):
+            guidance = GuidanceConfig(rounds=1, step_size=step_size, target=1.0, step_unit=unit)
+            generator = torch.Generator().manual_seed(0)
+            return list(refine_steps(pipe, images, prompts, scorer, guidance, FAST, generator=generator))
+
+        official = run(7.0, "official")
+        # the official update, computed independently from the first generation's final latent
+        u = (official[0].latent / sf).clone().requires_grad_(True)
+        decoded = ((pipe.vae.decode(u).sample + 1) / 2).clamp(0, 1)
+        loss = ((1.0 - scorer(decoded).float()) ** 2).mean()
+        (grad,) = torch.autograd.grad(loss, u)
+        torch.testing.assert_close(official[1].noise, official[0].noise - 7.0 * grad, rtol=1e-4, atol=1e-6)
+        per_image = run(7.0 * sf / batch, "per_image")
+        torch.testing.assert_close(per_image[1].noise, official[1].noise, rtol=1e-4, atol=1e-6)
+    finally:
+        pipe.vae.register_to_config(scaling_factor=before)
+
+
+def test_the_source_latent_is_sampled_reproducibly_or_its_mode(pipe, clf, images):
+    scorer = classifier_scorer(clf)
+    guidance = GuidanceConfig(rounds=0)
+
+    def first(how, seed):
+        config = InpaintConfig(num_inference_steps=4, guidance_scale=2.0, source_latent=how)
+        return next(
+            refine_steps(pipe, images, PROMPTS, scorer, guidance, config, generator=torch.Generator().manual_seed(seed))
+        )
+
+    torch.testing.assert_close(first("sample", 0).latent, first("sample", 0).latent)
+    assert not torch.equal(first("sample", 0).latent, first("mode", 0).latent)
+    # the mode does not depend on anything drawn after the initial noise; a sample does
+    source = torch.zeros(2, *first("mode", 0).latent.shape[1:])
+    steps = refine_steps(
+        pipe,
+        images,
+        PROMPTS,
+        scorer,
+        guidance,
+        InpaintConfig(num_inference_steps=4, guidance_scale=2.0),
+        generator=torch.Generator().manual_seed(0),
+        source_noise=source,
+    )
+    torch.testing.assert_close(next(steps).latent, first("mode", 0).latent)  # zero noise samples the mean = mode

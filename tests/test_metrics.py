@@ -194,3 +194,28 @@ def test_bootstrap_ci_is_deterministic_by_seed_and_brackets_the_estimate(three_s
         bootstrap_ci(auroc, id_s, ood, n_boot=5)
     with pytest.raises(ValueError, match="level must be in"):
         bootstrap_ci(auroc, id_s, ood, level=1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_trapezoid_aupr_agrees_with_openood_s_sklearn_form(seed):
+    """AUPR_*_trapz is OpenOOD's AUPR: ``auc(recall, precision)`` over ``precision_recall_curve``; on tied,
+    continuous and tiny sets, and it differs from average precision (the kit's AUPR_In/AUPR_Out)."""
+    from sklearn.metrics import auc, precision_recall_curve
+
+    from synood_kit.metrics import ood_metrics
+
+    rng = np.random.default_rng(seed)
+    n, m = (3, 2) if seed == 5 else (200 + 37 * seed, 150)
+    id_s = rng.normal(1.0, 1.0, n)
+    ood_s = rng.normal(0.0, 1.0, m)
+    if seed % 2:
+        id_s, ood_s = np.round(id_s, 1), np.round(ood_s, 1)  # ties
+    scores = np.r_[id_s, ood_s]
+    y_id = np.r_[np.ones(n), np.zeros(m)]
+    got = ood_metrics(id_s, ood_s)
+    p, r, _ = precision_recall_curve(y_id, scores)
+    assert got["AUPR_In_trapz"] == pytest.approx(auc(r, p), abs=1e-12)
+    p, r, _ = precision_recall_curve(1 - y_id, -scores)
+    assert got["AUPR_Out_trapz"] == pytest.approx(auc(r, p), abs=1e-12)
+    if seed == 0:
+        assert abs(got["AUPR_In_trapz"] - got["AUPR_In"]) > 1e-4  # two definitions, two numbers

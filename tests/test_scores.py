@@ -319,3 +319,9 @@ def test_neglabel_rejects_bad_arguments(clip_like_features):
         neglabel_score(img, ids, neg, batch_size=0)
     with pytest.raises(ValueError, match=r"shape \(rows, D\)"):
         neglabel_score(img[0], ids, neg)
+
+
+@pytest.mark.parametrize("n_groups", [None, 100])
+def test_an_empty_negative_list_is_an_error_not_a_score_of_one(n_groups):
+    with pytest.raises(ValueError, match="neg_text_features is empty"):
+        neglabel_score(torch.randn(3, 8), torch.randn(2, 8), torch.zeros(0, 8), n_groups=n_groups)
