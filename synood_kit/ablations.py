@@ -61,7 +61,9 @@ def _subset(neg_text, percentile_similarity, k):
     return torch.sort(torch.argsort(torch.as_tensor(percentile_similarity))[:k]).values
 
 
-def run_ablations(out_dir: str | Path, benchmark, preset, run: AblationRun, progress: bool = True) -> dict:
+def run_ablations(
+    out_dir: str | Path, benchmark, preset, run: AblationRun, progress: bool = True, overwrite: bool = False
+) -> dict:
     """Train and score the grid on ``benchmark`` with ``preset``'s CLIP and stage settings; write
     ``ablations.csv``, ``ablations.md`` and ``metrics.json`` into ``out_dir``.
 
@@ -71,22 +73,37 @@ def run_ablations(out_dir: str | Path, benchmark, preset, run: AblationRun, prog
 
     Raises:
         FileNotFoundError: if a synthesis folder has no records or no saved negatives.
-        ValueError: if a synthesis folder was made for another benchmark, or the folders were labelled with
-            different negative-label lists.
+        ValueError: if a synthesis folder was made for another benchmark, the folders were labelled with
+            different negative-label lists, or the output folder holds another run (unless ``overwrite``).
+        OutputError: if the output folder is in use by another run or cannot be written.
     """
-    import torch
-
-    from .evaluation import ood_table
-    from .experiments import check_synthesis_folder, finetune_inputs, write_results
-    from .finetune import synood_score, train_adapter, train_joint, tune_labels
-    from .models import load_clip
-    from .negatives import assign_negative_labels
+    from .experiments import check_synthesis_folder, synthesis_identity, training_settings
+    from .models import check_device, load_clip
+    from .storage import claim_output
 
     for _, folder in run.synthetic:  # before any model is loaded
         check_synthesis_folder(folder, benchmark)
+    check_device(preset.models.device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     clip = load_clip(preset.models.clip, preset.models.pretrained, device=preset.models.device)
+    settings = {
+        **training_settings(benchmark, preset),
+        "grid": {**dataclasses.asdict(run), "synthetic": {n: synthesis_identity(f) for n, f in run.synthetic}},
+    }
+    outputs = ("ablations.csv", "ablations.md", "metrics.json")
+    with claim_output(out, "ablations", settings, overwrite, outputs):
+        return _ablations(out, benchmark, preset, run, clip, progress)
+
+
+def _ablations(out: Path, benchmark, preset, run: AblationRun, clip, progress: bool) -> dict:
+    """:func:`run_ablations`' work, in a folder it holds."""
+    import torch
+
+    from .evaluation import ood_table
+    from .experiments import finetune_inputs, write_results
+    from .finetune import synood_score, train_adapter, train_joint, tune_labels
+    from .negatives import assign_negative_labels
+
     t0 = time.time()
     inputs = {name: finetune_inputs(folder, clip, benchmark, preset, progress) for name, folder in run.synthetic}
     first = next(iter(inputs.values()))

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from .data import ImageSet
+from .data import ImageSet, read_text_file
 from .storage import sha256_text
 
 __all__ = [
@@ -159,7 +159,10 @@ class Benchmark:
         """Return the :class:`~synood_kit.data.ImageSet` of split ``name`` (read on first use, then kept)."""
         if name not in self._sets:
             spec = self.spec(name)
-            image_set = spec.load()
+            try:
+                image_set = spec.load()
+            except ValueError as e:  # a list's or manifest's own error names its file and line
+                raise ValueError(f"benchmark {self.name!r}, split {name} ({spec.location}): {e}") from None
             if name in ID_SPLITS:
                 bad = image_set.labels[(image_set.labels < 0) | (image_set.labels >= len(self.class_names))]
                 if len(bad):
@@ -200,7 +203,8 @@ class Benchmark:
         """Read every split and open each image's header (or ``sample`` images per split); refuse bad data.
 
         Checks that every split has images, ID labels index the class names (done when a split is read), OOD
-        splits share no file with the ID splits, and every checked file is an image whose size can be read.
+        splits share no file with the ID splits, and every checked file's header is one the kit reads (a size
+        within the pixel limits, an accepted mode; :func:`synood_kit.data.read_image_header`).
 
         Returns:
             ``{split: {"images": n, "checked": k}}``.
@@ -208,8 +212,9 @@ class Benchmark:
         Raises:
             ValueError: naming every problem found (up to 10 unreadable files per split).
         """
-        from PIL import Image, UnidentifiedImageError
         from tqdm.auto import tqdm
+
+        from .data import ImageLoadError, read_image_header
 
         problems, report = [], {}
         id_paths = set()
@@ -230,9 +235,8 @@ class Benchmark:
             unreadable = []
             for path in tqdm(chosen, desc=f"check {s.name}", unit="img", disable=not progress):
                 try:
-                    with Image.open(path) as im:
-                        im.size  # noqa: B018 - reading the header is the check
-                except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+                    read_image_header(path)  # the kit's one reader: size limits and mode, nothing decoded
+                except (ImageLoadError, FileNotFoundError) as e:
                     unreadable.append(f"{path} ({type(e).__name__}: {e})")
             if unreadable:
                 listed = "; ".join(unreadable[:10])
@@ -318,6 +322,7 @@ def read_description(path: str | Path, roots: str | Mapping[str, str] | None = N
     splits = tuple(_split(name, spec, folder, resolved, where) for name, spec in splits_table.items())
     splits, folder_names = _bind_id_folders(splits, where)
     class_names = _class_names(data.get("class_names", "auto"), folder_names, folder, resolved, where)
+    splits = _bind_id_labels(splits, len(class_names))
     described = f"{path}" + (f" with roots {resolved}" if resolved else "")
     return Benchmark(data["name"].strip(), class_names, splits, described, data.get("preset"))
 
@@ -358,6 +363,7 @@ def benchmark_from_sources(
     if not isinstance(class_names, (list, tuple)) and class_names not in ("auto", "imagenet"):
         class_names = {"file": str(Path(class_names).resolve())}
     names = _class_names(class_names, folder_names, Path.cwd(), {}, "--class-names")
+    splits = _bind_id_labels(splits, len(names))
     return Benchmark(name, names, splits, f"--id {id_test} " + " ".join(f"--ood {n}={p}" for n, p in ood), preset)
 
 
@@ -424,8 +430,8 @@ def _split(name: str, spec, folder: Path, roots: Mapping[str, str], where: str) 
             raise FileNotFoundError(f"{where}: splits.{name}: data_root {data_root} does not exist")
         text = f"{location} (paths under {data_root})"
 
-        def load(location=location, data_root=data_root) -> ImageSet:
-            s = ImageSet.from_file_list(location, data_root, name=name)
+        def load(location=location, data_root=data_root, n_classes=None) -> ImageSet:
+            s = ImageSet.from_file_list(location, data_root, name=name, n_classes=n_classes)
             return s if is_id else _unlabelled(s)
     else:
         if not location.is_file():
@@ -433,8 +439,8 @@ def _split(name: str, spec, folder: Path, roots: Mapping[str, str], where: str) 
         manifest_split = str(spec.get("split", name))
         text = f"{location} (split {manifest_split})"
 
-        def load(location=location, manifest_split=manifest_split) -> ImageSet:
-            s = ImageSet.from_manifest(location, manifest_split, name=name)
+        def load(location=location, manifest_split=manifest_split, n_classes=None) -> ImageSet:
+            s = ImageSet.from_manifest(location, manifest_split, name=name, n_classes=n_classes)
             return s if is_id else _unlabelled(s)
 
     return Split(name, kind, text, None if is_id else (group.strip() if group else None), load)
@@ -469,13 +475,25 @@ def _bind_id_folders(splits: tuple[Split, ...], where: str) -> tuple[tuple[Split
     return tuple(bound(s) for s in splits), folders
 
 
+def _bind_id_labels(splits: tuple[Split, ...], n_classes: int) -> tuple[Split, ...]:
+    """Return the splits with every ID list and manifest read against the class count, so that a label that is no
+    class index is refused naming its file and line (a folder's labels are its class folders)."""
+
+    def bound(s: Split) -> Split:
+        if s.name not in ID_SPLITS or s.kind not in ("list", "manifest"):
+            return s
+        return replace(s, load=partial(s.load, n_classes=n_classes))
+
+    return tuple(bound(s) for s in splits)
+
+
 def _class_names(spec, folder_names: list[str] | None, folder: Path, roots, where: str) -> tuple[str, ...]:
     """Resolve a description's ``class_names`` (``"auto"``, ``"imagenet"``, a list or ``{file = ...}``)."""
     if isinstance(spec, dict) and set(spec) == {"file"}:
         names_file = _expand(str(spec["file"]), folder, roots, where)
         if not names_file.is_file():
             raise FileNotFoundError(f"{where}: class names file {names_file} does not exist")
-        names = [x.strip() for x in names_file.read_text(encoding="utf-8-sig").splitlines() if x.strip()]
+        names = [x.strip() for x in read_text_file(names_file, "class-names file").splitlines() if x.strip()]
     elif isinstance(spec, (list, tuple)):
         names = [str(x) for x in spec]
     elif spec == "imagenet":
@@ -498,6 +516,8 @@ def _class_names(spec, folder_names: list[str] | None, folder: Path, roots, wher
         raise ValueError(
             f"{where}: class_names must be 'auto', 'imagenet', a list of names or {{file = ...}}, got {spec!r}"
         )
+    if not names or not all(str(n).strip() for n in names):
+        raise ValueError(f"{where}: the ID class names are empty, or hold an empty name (one name per line or item)")
     if folder_names is not None and len(names) != len(folder_names):
         raise ValueError(f"{where}: {len(names)} class names for {len(folder_names)} ID class folders")
     return tuple(names)

@@ -12,26 +12,27 @@ a local MLLM the way vLLM or Ollama would. It understands the subset the kit sen
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import torch
 
 __all__ = ["serve_chat_completions"]
 
 
 def _image_from_data_url(url: str) -> torch.Tensor:
-    from PIL import Image
+    """Return a data URL's image as ``(3, H, W)`` in ``[0, 1]``, read by the kit's one image reader.
+
+    Raises:
+        ValueError: for anything but a base64 image data URL, or an image the reader refuses (``ImageLoadError``).
+    """
+    from .data import load_image
 
     if not url.startswith("data:image/") or ";base64," not in url:
         raise ValueError("only base64 data URLs of images are accepted")
-    raw = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
-    img = Image.open(io.BytesIO(raw)).convert("RGB")
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+    return load_image(base64.b64decode(url.split(";base64,", 1)[1], validate=True))
 
 
 def serve_chat_completions(backend, host: str = "127.0.0.1", port: int = 0, model_name: str = "miniworld"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import assets_dir
-from .models import ImageTransform, WeightsNotFoundError, file_fingerprint
+from .models import ImageTransform, WeightsNotFoundError, file_fingerprint, pickled_weights, untrusted_weights_error
 
 __all__ = ["ClassifierModel", "build_classifier", "classifier_logits", "load_classifier", "save_classifier_folder"]
 
@@ -138,7 +138,7 @@ def load_classifier(
 
     Raises:
         WeightsNotFoundError: when the folder or the cached weights are missing, naming what was looked for.
-        ValueError: for an unknown architecture or weights name.
+        ValueError: for an unknown architecture or weights name, or a folder whose weights are pickle files.
     """
     from safetensors.torch import load_file
 
@@ -152,6 +152,8 @@ def load_classifier(
             )
         weights_path = folder / WEIGHTS_NAME
         if not weights_path.is_file():
+            if found := pickled_weights(folder):
+                raise untrusted_weights_error(found, f"classifier folder {folder}")
             raise WeightsNotFoundError(f"{folder} has {CONFIG_NAME} but no {WEIGHTS_NAME}")
         try:
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))

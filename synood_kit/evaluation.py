@@ -27,6 +27,8 @@ __all__ = [
     "format_markdown",
     "group_metrics",
     "ood_table",
+    "skipped_markdown",
+    "skipped_summary",
     "table_value",
     "zero_shot_accuracy",
 ]
@@ -221,3 +223,43 @@ def group_metrics(
         }
         for method in table["method"].unique()
     }
+
+
+def skipped_summary(skipped: dict[str, list[dict]], examples: int = 5) -> dict[str, dict]:
+    """Return how many images of each split were left out as unreadable, and why.
+
+    Args:
+        skipped: ``{split: [{"id", "path", "reason"}]}`` (:attr:`synood_kit.features.FeatureSet.skipped`).
+        examples: records kept per split.
+
+    Returns:
+        ``{split: {"count": n, "reasons": {reason: n}, "examples": [...]}}``; a reason is the record's with its path
+        replaced by ``<image>``, so that images skipped for one cause count together.
+    """
+    out = {}
+    for split, records in skipped.items():
+        reasons: dict[str, int] = {}
+        for r in records:
+            reason = str(r.get("reason", "")).replace(str(r.get("path", "")) or "\0", "<image>")
+            reasons[reason] = reasons.get(reason, 0) + 1
+        out[split] = {
+            "count": len(records),
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "examples": list(records[:examples]),
+        }
+    return out
+
+
+def skipped_markdown(summary: dict[str, dict]) -> str:
+    """Return a Markdown note of the images left out per split (empty when none was)."""
+    lines = [
+        f"- {split}: {s['count']} image(s) left out: "
+        + "; ".join(f"{n} x {reason}" for reason, n in list(s["reasons"].items())[:3])
+        for split, s in summary.items()
+        if s["count"]
+    ]
+    return (
+        "Unreadable images left out of the scores (all in metrics.json, `skipped`):\n\n" + "\n".join(lines) + "\n"
+        if lines
+        else ""
+    )

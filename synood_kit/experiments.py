@@ -27,18 +27,21 @@ __all__ = [
     "finetune_inputs",
     "run_evaluation",
     "run_synood",
+    "synthesis_identity",
+    "training_settings",
     "write_results",
 ]
 
 
-def write_results(out: Path, stem: str, table, stage: str, run, **metrics) -> None:
-    """Write a run's results table as ``{stem}.csv`` and ``{stem}.md``, and ``metrics.json`` holding the stage,
-    the run's settings (a dataclass or a dict), the table's rows and ``metrics``."""
+def write_results(out: Path, stem: str, table, stage: str, run, note: str = "", **metrics) -> None:
+    """Write a run's results table as ``{stem}.csv`` and ``{stem}.md`` (with ``note`` below the table), and
+    ``metrics.json`` holding the stage, the run's settings (a dataclass or a dict), the table's rows and ``metrics``."""
     from .evaluation import format_markdown
-    from .storage import atomic_write_json, atomic_write_text
+    from .storage import atomic_path, atomic_write_json, atomic_write_text
 
-    table.to_csv(out / f"{stem}.csv", index=False)
-    atomic_write_text(out / f"{stem}.md", format_markdown(table))
+    with atomic_path(out / f"{stem}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    atomic_write_text(out / f"{stem}.md", format_markdown(table) + (f"\n{note}" if note else ""))
     settings = json.loads(json.dumps(run if isinstance(run, dict) else asdict(run), default=str))
     atomic_write_json(
         out / "metrics.json",
@@ -94,6 +97,7 @@ def run_evaluation(
     ledger: str | None = None,
     sample: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> EvaluationResult:
     """Score every split of a benchmark with every method and write the results.
 
@@ -110,34 +114,87 @@ def run_evaluation(
             (:data:`synood_kit.ledger.LEDGER_BENCHMARKS`), none for others.
         sample: score at most this many images per split (a fixed-seed sample); ``None``: all.
         progress: show progress bars.
+        overwrite: replace a run of other settings that the folder holds (its outputs are removed first).
+
+    The folder is locked and checked (:func:`~synood_kit.storage.claim_output`) after the inputs are read and the
+    models loaded, before anything is written: a second run into it at the same time, or a folder holding an
+    evaluation of other settings (or another kind of run), is refused. Images that cannot be read are left out of
+    the scores and counted per split in the table (``skipped_id``, ``skipped_ood``), ``evaluation.md`` and
+    ``metrics.json`` (``skipped``: count and reasons per split).
 
     Raises:
         FileNotFoundError: for a negatives or checkpoint file that does not exist (before any model is loaded).
-        ValueError: for a checkpoint of another negative-label list or CLIP width, or a split none of whose
-            images can be read.
+        ValueError: for an unknown ledger or device, a checkpoint of another negative-label list or CLIP width, a
+            split none of whose images can be read, or a folder holding another run.
+        OutputError: if the folder is in use by another run or cannot be written.
     """
-    import matplotlib.pyplot as plt
-
-    from .evaluation import classifier_scores, clip_scores, ood_table, zero_shot_accuracy
-    from .features import image_features, text_features
-    from .finetune import load_finetune, synood_score
-    from .ledger import LEDGER_BENCHMARKS
-    from .ledger import ledger as ledger_table
-    from .models import load_clip
-    from .plotting import score_histograms
-    from .storage import atomic_path
+    from .ledger import LEDGER_BENCHMARKS, ledger_names
+    from .models import check_device, file_fingerprint, load_clip
+    from .storage import claim_output
 
     for name, path in (("negatives", negatives), ("finetune checkpoint", finetune)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{name} file not found: {path}")
     ledger = ledger or LEDGER_BENCHMARKS.get(benchmark.name)
+    if ledger and ledger not in ledger_names():
+        raise ValueError(f"unknown ledger {ledger!r}; known: {ledger_names()}")
+    check_device(preset.models.device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    models, seconds = preset.models, {}
+    models = preset.models
     splits = list(benchmark.evaluation_splits())
     t = time.time()
-    sets = {s: benchmark.split(s).sample(sample) for s in splits}
+    sets = {s: benchmark.split(s).sample(sample) for s in splits}  # every split read (and checked) first
     clip = load_clip(models.clip, models.pretrained, device=models.device)
+    clf = None
+    if models.classifier != "none":
+        from .classifier import load_classifier
+
+        clf = load_classifier(models.classifier, weights=models.classifier_weights, device=models.device)
+    settings = {
+        "benchmark": {**benchmark.identity(), "splits": {s: benchmark.spec(s).location for s in splits}},
+        "models": {k: v for k, v in asdict(models).items() if k != "device"},
+        "mining": asdict(preset.mining_for(benchmark)),
+        "scores": asdict(preset.scores),
+        "n_boot": preset.n_boot,
+        "negatives": None if negatives is None else file_fingerprint(negatives),
+        "finetune": None if finetune is None else file_fingerprint(finetune),
+        "ledger": ledger,
+        "sample": sample,
+    }
+    with claim_output(out, "evaluation", settings, overwrite, _EVALUATION_OUTPUTS):
+        return _evaluate(out, benchmark, preset, sets, clip, clf, negatives, finetune, ledger, sample, progress, t)
+
+
+_EVALUATION_OUTPUTS = (
+    "evaluation.csv",
+    "evaluation.md",
+    "metrics.json",
+    "score_histograms.png",
+    "ledger.csv",
+    "negatives.json",
+)
+
+
+def _evaluate(out, benchmark, preset, sets, clip, clf, negatives, finetune, ledger, sample, progress, t):
+    """:func:`run_evaluation`'s work, in a folder it holds."""
+    import matplotlib.pyplot as plt
+
+    from .classifier import classifier_logits
+    from .evaluation import (
+        classifier_scores,
+        clip_scores,
+        ood_table,
+        skipped_markdown,
+        skipped_summary,
+        zero_shot_accuracy,
+    )
+    from .features import image_features, text_features
+    from .finetune import load_finetune, synood_score
+    from .ledger import ledger as ledger_table
+    from .plotting import score_histograms
+    from .storage import atomic_path
+
+    seconds = {}
     feats = {s: image_features(clip, v, progress=progress) for s, v in sets.items()}
     seconds["clip_features"] = time.time() - t
 
@@ -171,10 +228,7 @@ def run_evaluation(
             .numpy()
             for s, f in feats.items()
         }
-    if models.classifier != "none":
-        from .classifier import classifier_logits, load_classifier
-
-        clf = load_classifier(models.classifier, weights=models.classifier_weights, device=models.device)
+    if clf is not None:
         logits = {s: classifier_logits(clf, v, progress=progress) for s, v in sets.items()}
         scores.update(classifier_scores({s: lg.features for s, lg in logits.items()}, preset.scores))
         if tuple(clf.class_names) == tuple(names) or tuple(clf.class_names) == tuple(benchmark.id_test.class_names):
@@ -182,6 +236,12 @@ def run_evaluation(
                 (logits["id_test"].features.argmax(1).numpy() == logits["id_test"].labels).mean()
             )
     table = ood_table(scores, "id_test", list(benchmark.ood_splits), n_boot=preset.n_boot)
+    skipped = {s: f.skipped for s, f in feats.items()}
+    ood_sets = table["ood_set"].where(table["ood_set"] != "mean")
+    table["skipped_id"] = len(skipped["id_test"])  # unreadable images left out of each row's sets
+    table["skipped_ood"] = [
+        len(skipped[o]) if isinstance(o, str) else sum(len(skipped[x]) for x in benchmark.ood_splits) for o in ood_sets
+    ]
     seconds["scoring"] = time.time() - t
 
     fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 3.2), squeeze=False)
@@ -194,14 +254,16 @@ def run_evaluation(
     book = None
     if ledger:
         book = ledger_table(table, ledger)
-        book.to_csv(out / "ledger.csv", index=False)
-    skipped = {s: f.skipped for s, f in feats.items()}
+        with atomic_path(out / "ledger.csv") as tmp:
+            book.to_csv(tmp, index=False)
+    summary = skipped_summary(skipped)
     write_results(
         out,
         "evaluation",
         table,
         "evaluation",
-        {
+        note=skipped_markdown(summary),
+        run={
             "preset": preset.name,
             "negatives": str(negatives) if negatives else None,
             "finetune": str(finetune) if finetune else None,
@@ -209,7 +271,7 @@ def run_evaluation(
         },
         benchmark={**benchmark.identity(), "source": benchmark.source, "groups": benchmark.groups},
         n={s: len(f) for s, f in feats.items()},
-        skipped={s: {"count": len(v), "examples": v[:5]} for s, v in skipped.items()},
+        skipped=summary,
         clip=clip.name,
         clip_fingerprint=clip.fingerprint,
         accuracy=accuracy,
@@ -311,29 +373,85 @@ class SynoodResult:
     out_dir: Path
 
 
-def run_synood(out_dir: str | Path, benchmark, preset, synthetic: str | Path, progress: bool = True) -> SynoodResult:
+def run_synood(
+    out_dir: str | Path,
+    benchmark,
+    preset,
+    synthetic: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> SynoodResult:
     """Fine-tune (stage A adapter, stage B tuned negatives) on cached features and compare SynOOD with zero-shot
     NegLabel, the two single-stage ablations and the ID-only control on every OOD split of ``benchmark``.
 
     Writes ``synood.csv``, ``synood.md``, ``finetune.safetensors`` and ``metrics.json`` into ``out_dir``; the
     fine-tuning itself checkpoints after every epoch there and resumes when run again with the same inputs
-    (:mod:`synood_kit.finetune_run`), and a folder holding another run is refused.
+    (:mod:`synood_kit.finetune_run`). The folder is locked and checked before the first write: a second run into
+    it at the same time, or a folder holding another run (other settings, another synthesis folder, another kind of
+    run) is refused naming the difference, unless ``overwrite`` (the other run's outputs are removed first).
 
     Raises:
         FileNotFoundError, ValueError: for a synthesis folder that is missing, incomplete or made for another
-            benchmark (naming both).
+            benchmark (naming both), or an output folder holding another run.
+        OutputError: if the output folder is in use by another run or cannot be written.
     """
+    from .models import check_device, load_clip
+    from .storage import claim_output
+
+    check_synthesis_folder(synthetic, benchmark)  # before any model is loaded
+    check_device(preset.models.device)
+    out = Path(out_dir)
+    clip = load_clip(preset.models.clip, preset.models.pretrained, device=preset.models.device)
+    settings = {
+        **training_settings(benchmark, preset),
+        "synthetic": synthesis_identity(synthetic),
+    }
+    with claim_output(out, "fine-tuning", settings, overwrite, _SYNOOD_OUTPUTS):
+        return _synood(out, benchmark, preset, synthetic, clip, progress)
+
+
+_SYNOOD_OUTPUTS = (
+    "synood.csv",
+    "synood.md",
+    "metrics.json",
+    "finetune.safetensors",
+    "checkpoint.safetensors",
+    "log.jsonl",
+)
+
+
+def training_settings(benchmark, preset) -> dict:
+    """Return what fixes a fine-tuning folder's outputs besides its synthetic images: the benchmark's identity and
+    splits, the models (not the device), the scoring and both stages' settings."""
+    return {
+        "benchmark": {
+            **benchmark.identity(),
+            "splits": {s: benchmark.spec(s).location for s in ("id_train", *benchmark.evaluation_splits())},
+        },
+        "models": {k: v for k, v in asdict(preset.models).items() if k != "device"},
+        "scores": asdict(preset.scores),
+        "adapter": asdict(preset.adapter),
+        "labels": asdict(preset.labels),
+        "n_boot": preset.n_boot,
+    }
+
+
+def synthesis_identity(folder: str | Path) -> dict:
+    """Return what identifies a synthesis folder's images for a run that reads it: its path and configuration."""
+    from .storage import sha256_text
+
+    folder = Path(folder)
+    return {"folder": str(folder.resolve()), "config": sha256_text((folder / "synthesis.json").read_text())}
+
+
+def _synood(out: Path, benchmark, preset, synthetic, clip, progress: bool) -> SynoodResult:
+    """:func:`run_synood`'s work, in a folder it holds."""
     import torch
 
     from .evaluation import ood_table
     from .finetune import synood_score, train_adapter
     from .finetune_run import run_finetune
-    from .models import load_clip
 
-    check_synthesis_folder(synthetic, benchmark)  # before any model is loaded
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clip = load_clip(preset.models.clip, preset.models.pretrained, device=preset.models.device)
     t = time.time()
     inputs = finetune_inputs(synthetic, clip, benchmark, preset, progress)
     data, negatives = inputs.data, inputs.negatives

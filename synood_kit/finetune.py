@@ -446,13 +446,20 @@ def load_finetune(path: str | Path, words: list[str], dim: int | None = None) ->
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if it is not a safetensors checkpoint of this kind, its label list differs from ``words``
-            (naming the first difference), or its shapes do not fit the list or ``dim``.
+        ValueError: if it is not a safetensors checkpoint of this kind (a pickle is refused, never loaded), its label
+            list differs from ``words`` (naming the first difference), it holds NaN or Inf values, or its shapes do
+            not fit the list or ``dim``.
     """
     from safetensors import SafetensorError, safe_open
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"fine-tuning checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(9)  # safetensors: an 8-byte header length, then its JSON header
+    if head[8:9] != b"{" and head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
+        from .models import untrusted_weights_error
+
+        raise untrusted_weights_error([Path(path)], "fine-tuning checkpoint", "a torch.save file, not safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -463,6 +470,9 @@ def load_finetune(path: str | Path, words: list[str], dim: int | None = None) ->
         raise ValueError(f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(saved, list) or not all(isinstance(w, str) for w in saved):
         raise ValueError(f"{path} is not a SynOOD fine-tuning checkpoint (no negative_words metadata)")
+    diverged = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if diverged:
+        raise ValueError(f"{path} holds NaN or Inf values in {diverged[:5]}: a diverged fine-tuning; train it again")
     if list(saved) != list(words):
         first = next(
             (i for i, (a, b) in enumerate(zip(saved, words, strict=False)) if a != b), min(len(saved), len(words))

@@ -76,6 +76,11 @@ def reported_numbers(path: str | Path | None = None):
     return table
 
 
+def ledger_names() -> list[str]:
+    """Return the benchmarks that have reported numbers (what :func:`ledger` accepts)."""
+    return sorted(reported_numbers()["benchmark"].unique())
+
+
 def ledger(
     measured,
     benchmark: str,

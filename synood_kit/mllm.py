@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import assets_dir
-from .models import WeightsNotFoundError
+from .models import WeightsNotFoundError, refuse_pickled_weights
 
 __all__ = [
     "CONTEXT_QUESTION",
@@ -111,8 +111,9 @@ def load_mllm(
 
     Raises:
         WeightsNotFoundError: when the folder is missing or incomplete, or the hub id is not cached offline.
-        ValueError: when the processor has no chat template (the question could not be formatted), or the
-            model needs its own code and ``trust_remote_code`` is off.
+        ValueError: when the processor has no chat template (the question could not be formatted), the model needs
+            its own code and ``trust_remote_code`` is off, or its weights are pickle files (never unpickled: only
+            safetensors are loaded).
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -124,10 +125,11 @@ def load_mllm(
             f"{path}/config.json asks to run the folder's own Python code (auto_map); refused. Turn "
             "trust_remote_code on only for a model whose code you have read."
         )
+    refuse_pickled_weights(path, "MLLM")  # a folder, or a hub id's cached snapshot: safetensors only
     dtype = dtype or torch.float32
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, local_files_only=is_local, trust_remote_code=trust_remote_code
+            path, dtype=dtype, local_files_only=is_local, trust_remote_code=trust_remote_code, use_safetensors=True
         )
         processor = AutoProcessor.from_pretrained(path, local_files_only=is_local, trust_remote_code=trust_remote_code)
     except OSError as e:

@@ -20,18 +20,127 @@ import torch.nn.functional as F
 from .config import assets_dir
 
 __all__ = [
+    "PICKLE_SUFFIXES",
     "ClipModel",
     "ImageTransform",
     "WeightsNotFoundError",
+    "available_devices",
+    "check_device",
     "file_fingerprint",
     "load_clip",
+    "pickled_weights",
+    "refuse_pickled_weights",
     "resolve_clip_source",
     "save_clip_folder",
+    "untrusted_weights_error",
 ]
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """Raised when model weights are not available locally and may not be downloaded."""
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # weights stored with pickle (torch.save)
+
+
+def available_devices() -> list[str]:
+    """Return the torch devices this machine has: ``cpu``, then ``cuda:0`` ... and ``mps`` where present."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Return ``device`` as a :class:`torch.device` after checking that this machine has it.
+
+    Raises:
+        ValueError: for a name that is not a torch device, a device type the kit does not run on, or a device this
+            machine does not have (``cuda`` without a GPU, ``cuda:3`` with two), naming the ones it has.
+    """
+    here = ", ".join(available_devices())
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {str(device)!r} is not a torch device; this machine has: {here}") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: this machine has no CUDA GPU; it has: {here}")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s); it has: {here}")
+        return parsed
+    if parsed.type == "mps":
+        if "mps" not in available_devices():
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; it has: {here}")
+        return parsed
+    raise ValueError(f"device {str(device)!r}: the kit runs on cpu, cuda or mps; this machine has: {here}")
+
+
+def untrusted_weights_error(files: list[Path], what: str, detail: str = "") -> ValueError:
+    """Return the kit's one refusal of pickled weights: what was found, and how to convert it to safetensors.
+
+    Args:
+        files: the pickle files found.
+        what: where, e.g. ``"MLLM folder /models/llava"``.
+        detail: what loading it said (e.g. the global a pickle asked for), if it was tried.
+    """
+    names = ", ".join(str(f) for f in files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+    return ValueError(
+        f"{what}: refused {names}: weights stored with pickle (torch.save){f' ({detail})' if detail else ''}, which "
+        "can run code when loaded; the kit loads weights from safetensors only. Convert a state dict with "
+        "`safetensors.torch.save_file(torch.load(FILE, weights_only=True), NEW.safetensors)`, a transformers or "
+        "diffusers folder with `from_pretrained(FOLDER)` then `save_pretrained(FOLDER)` (both write safetensors); "
+        "a file that holds more than tensors fails to load this way, and is not a weights file to use"
+    )
+
+
+def pickled_weights(folder: str | Path) -> list[Path]:
+    """Return the pickle weight files (:data:`PICKLE_SUFFIXES`) in ``folder`` and its sub-folders that have no
+    safetensors file beside them: what a loader would have to unpickle (a model folder's components, such as a
+    diffusers pipeline's ``unet/``, are one level down)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for directory in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
+        files = sorted(p for p in directory.iterdir() if p.is_file())
+        if not any(p.suffix == ".safetensors" for p in files):
+            found += [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+    return found
+
+
+def refuse_pickled_weights(source: str | Path, what: str) -> None:
+    """Refuse a model folder, or a cached Hugging Face snapshot of a hub id, whose weights are pickle files.
+
+    Args:
+        source: a folder, or a hub id (``org/name``; looked up in the local cache only, never downloaded).
+        what: the folder's role, for the message (``"MLLM"``, ``"in-painting pipeline"``).
+
+    Raises:
+        ValueError: :func:`untrusted_weights_error` naming the files.
+    """
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        folder = _cached_snapshot(str(source))
+    if folder is not None and (found := pickled_weights(folder)):
+        raise untrusted_weights_error(found, f"{what} {source}")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """Return the local Hugging Face cache's snapshot folder of ``repo_id``, or ``None`` (nothing downloaded)."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, not a valid id: the loader reports it
+        return None
 
 
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -218,6 +327,9 @@ def load_clip(
                 f"no open_clip_config.json in {folder} (looked for a local CLIP folder). "
                 + _offline_hint(model, pretrained)
             )
+        refuse_pickled_weights(folder, "CLIP folder")
+    elif name.startswith("hf-hub:"):
+        refuse_pickled_weights(name.split(":", 1)[1], "CLIP")
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=tag, device=device, precision=precision, weights_only=True
@@ -226,9 +338,10 @@ def load_clip(
     except pickle.UnpicklingError as e:
         from .storage import weights_only_refusal
 
-        raise ValueError(
-            f"pretrained={tag!r} refused: .pt/.pth checkpoints are loaded with weights_only=True and this one holds "
-            f"pickled objects or code ({weights_only_refusal(e)})"
+        raise untrusted_weights_error(
+            [Path(str(tag))],
+            f"CLIP checkpoint pretrained={tag!r}",
+            "loaded with weights_only=True, it holds pickled objects or code: " + weights_only_refusal(e),
         ) from None
     except (OSError, RuntimeError) as e:
         if isinstance(e, FileNotFoundError) or "offline" in str(e).lower() or "connect" in str(e).lower():

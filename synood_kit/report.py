@@ -117,6 +117,7 @@ def run_report(
     kernel_name: str = "python3",
     progress: bool = True,
     notebooks_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Report:
     """Run the notebooks in order, render each to HTML and write the summary page.
 
@@ -127,11 +128,20 @@ def run_report(
         kernel_name: Jupyter kernel.
         progress: print a line per notebook and papermill's cell progress bar.
         notebooks_dir: where the notebooks are (default: the kit's ``notebooks/``).
+        overwrite: replace a main job of other parameters that the folder holds (its outputs are removed first).
+
+    The folder is locked and checked before the first write (:func:`~synood_kit.storage.claim_output`): a second
+    main job into it at the same time, or a folder holding a main job of other parameters (or another kind of run),
+    is refused; a rerun with the same parameters (any selection of notebooks) continues in it.
 
     Raises:
-        ValueError: if ``only`` names no notebook, or a parameter is declared by none of the notebooks run.
+        ValueError: if ``only`` names no notebook, a parameter is declared by none of the notebooks run, or the
+            folder holds another run.
+        OutputError: if the folder is in use by another run or cannot be written.
     """
     import papermill
+
+    from .storage import claim_output
 
     out = Path(out_dir).resolve()
     folder = Path(notebooks_dir) if notebooks_dir else repo_root() / "notebooks"
@@ -147,6 +157,15 @@ def run_report(
     unused = [k for k in parameters if not any(k in d for d in declared.values())]
     if unused:
         raise ValueError(f"parameters {unused} are declared by none of the notebooks {names}")
+    outputs = ("executed", "html", "figures", "notebooks", "index.html", "report.json")
+    with claim_output(out, "main job", {"parameters": parameters}, overwrite, outputs):
+        return _run_notebooks(out, folder, names, plan, parameters, declared, kernel_name, progress)
+
+
+def _run_notebooks(out, folder, names, plan, parameters, declared, kernel_name, progress) -> Report:
+    """:func:`run_report`'s work, in a folder it holds."""
+    import papermill
+
     for sub in ("executed", "html", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     runs, t_job = [], time.time()

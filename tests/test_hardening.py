@@ -468,7 +468,9 @@ def test_a_pt_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path, mo
     marker = tmp_path / "pwned"
     torch.save({"state_dict": _Evil(marker)}, tmp_path / "evil.pt")
     monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "synood-tiny-test", TINY_CLIP_CFG)
-    with pytest.raises(ValueError, match=r"evil.pt' refused: .*weights_only=True.*GLOBAL posix.system"):
+    with pytest.raises(
+        ValueError, match=r"evil.pt: weights stored with pickle .*weights_only=True.*GLOBAL posix.system"
+    ):
         load_clip("synood-tiny-test", pretrained=str(tmp_path / "evil.pt"))
     assert not marker.exists()
 
@@ -741,3 +743,368 @@ def test_every_row_of_the_hardening_table_names_a_test_that_exists():
     for file, name in refs:
         tree = ast.parse((root / "tests" / file).read_text())
         assert name in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, f"{file}::{name}"
+
+
+# ---------------------------------------------------------------- second round: one image reader, lists, folders
+
+
+def test_a_header_claiming_20000x20000_pixels_is_refused_by_the_kits_limit_before_decoding(tmp_path):
+    """PIL's own guard raises DecompressionBombError from Image.open (a traceback before); the kit's limit answers."""
+    import warnings
+
+    from synood_kit.data import read_image_header
+
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 400 Mpx declared, ~48 kB on disk
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning escapes either
+        for read in (load_image, read_image_header):
+            with pytest.raises(
+                ImageLoadError, match=r"bomb.png: 400000000 pixels \(from its header\) is above the limit"
+            ):
+                read(tmp_path / "bomb.png")
+    _png(tmp_path / "small.png", side=100)  # the kit's limit, not PIL's: any value applies
+    with pytest.raises(ImageLoadError, match=r"small.png: 100x100 pixels is above the limit of 5000"):
+        load_image(tmp_path / "small.png", max_pixels=5000)
+
+
+def test_an_orientation_tag_is_applied_so_an_image_is_read_as_shown(tmp_path):
+    from synood_kit.data import read_image_header
+
+    stored = torch.zeros(20, 10, 3, dtype=torch.uint8)
+    stored[0, :] = 255  # the stored image's top row is white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the stored top row becomes the right column
+    Image.fromarray(stored.numpy()).save(tmp_path / "turned.png", exif=exif.tobytes())
+    image = load_image(tmp_path / "turned.png")
+    assert image.shape == (3, 10, 20)
+    assert image[:, :, -1].min() == 1.0 and image[:, :, :-1].max() == 0.0
+    header = read_image_header(tmp_path / "turned.png")
+    assert (header.width, header.height, header.orientation) == (20, 10, 6)
+
+
+def _mode_image(path: Path, mode: str, value) -> None:
+    import numpy as np
+
+    if mode == "F":
+        Image.fromarray(np.full((10, 12), value, np.float32), "F").save(path)
+    elif mode == "I":
+        Image.fromarray(np.full((10, 12), value, np.int32), "I").save(path)
+    else:
+        Image.new(mode, (12, 10), value).save(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "value", "expected"),
+    [
+        ("float.tif", "F", 0.5, 0.5),  # was read as all black
+        ("i8.tif", "I", 200, 200 / 255),
+        ("i16.tif", "I", 40000, 40000 / 65535),
+        ("i32.tif", "I", 2**30, 2**30 / (2**31 - 1)),  # was clamped to white
+        ("cmyk.jpg", "CMYK", (0, 0, 0, 0), 1.0),
+        ("lab.tif", "LAB", (255, 128, 128), 1.0),
+    ],
+)
+def test_integer_and_float_images_are_scaled_by_their_range(tmp_path, name, mode, value, expected):
+    _mode_image(tmp_path / name, mode, value)
+    image = load_image(tmp_path / name)
+    assert image.shape == (3, 10, 12) and image.dtype == torch.float32
+    assert float(image.mean()) == pytest.approx(expected, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "value", "message"),
+    [
+        ("f200.tif", "F", 200.0, r"a float image with values in \[200, 200\]; float images must lie in \[0, 1\]"),
+        ("fnan.tif", "F", float("nan"), "a float image holding NaN or Inf values"),
+        ("ineg.tif", "I", -5, "a I image holding negative values"),
+    ],
+)
+def test_images_whose_values_cannot_be_read_as_intensities_are_refused(tmp_path, name, mode, value, message):
+    _mode_image(tmp_path / name, mode, value)
+    with pytest.raises(ImageLoadError, match=rf"{name}: {message}"):
+        load_image(tmp_path / name)
+
+
+def test_an_image_mode_the_kit_does_not_convert_is_refused_by_name(tmp_path, monkeypatch):
+    """Premultiplied LA ("La") has no conversion to RGB in PIL: the reader names the mode instead of guessing. No
+    file format stores it, so PIL's opener is made to return one."""
+    import PIL.Image
+
+    _png(tmp_path / "la.png")
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: PIL.Image.new("La", (10, 10)))
+    with pytest.raises(ImageLoadError, match=r"la.png: image mode 'La' is not supported; accepted: 1, L, RGB"):
+        load_image(tmp_path / "la.png")
+
+
+def test_an_oversized_png_text_chunk_is_named_and_skipped_by_every_batch_reader(tiny_clip, tmp_path):
+    """PIL raises a bare ValueError for a text chunk above its limit; synthesis's source reader stopped on it."""
+    from PIL import PngImagePlugin
+
+    from synood_kit.features import image_features
+    from synood_kit.synthesis_run import read_sources
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 3_000_000, zip=True)  # 3 kB on disk, 3 MB of text
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (16, 16)).save(folder / "chunk.png", pnginfo=info)
+    _png(folder / "good.png", side=16)
+    with pytest.raises(ImageLoadError, match=r"chunk.png: not a readable image \(ValueError: Decompressed data"):
+        load_image(folder / "chunk.png")
+    image_set = ImageSet.from_folder(folder, labelled=False)
+    skipped = []
+    batches = list(read_sources(list(image_set.items), 16, 4, on_skip=lambda item, reason: skipped.append(item.id)))
+    assert skipped == ["chunk"] and [it.id for it in batches[0][0]] == ["good"]
+    feats = image_features(tiny_clip, image_set, cache_root=tmp_path / "cache", progress=False)
+    assert feats.ids == ["good"] and [s["id"] for s in feats.skipped] == ["chunk"]
+    assert "chunk.png: not a readable image" in feats.skipped[0]["reason"]
+
+
+def test_an_image_list_label_that_is_not_an_integer_is_named_not_read_as_a_path(tmp_path):
+    _png(tmp_path / "data" / "a.png")
+    _png(tmp_path / "data" / "b c.png")  # a path with a space and no label is still read
+    (tmp_path / "list.txt").write_text("b c.png\na.png dog\n")
+    with pytest.raises(ValueError, match=r"list.txt:2: label 'dog' of 'a.png' is not an integer"):
+        ImageSet.from_file_list(tmp_path / "list.txt", tmp_path / "data")
+    (tmp_path / "list.txt").write_text("b c.png\n")
+    assert [(it.id, it.label) for it in ImageSet.from_file_list(tmp_path / "list.txt", tmp_path / "data").items] == [
+        ("b c", -1)
+    ]
+
+
+def test_an_id_list_or_manifest_needs_labels_within_the_class_names(tmp_path):
+    """``evaluate --id list.txt --class-names names.txt`` read a label past the names (synthesis refused it)."""
+    from synood_kit.benchmark import benchmark_from_sources
+
+    _png(tmp_path / "data" / "a.png")
+    _png(tmp_path / "data" / "b.png")
+    _png(tmp_path / "ood" / "o.png")
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    for text, message in (
+        ("a.png 0\nb.png 2\n", r"id.txt:2: label 2 is not a class index in \[0, 2\) of the 2 class names"),
+        ("a.png 0\nb.png\n", r"id.txt:2: 'b.png' has no label: an ID image list needs '<path> <label>'"),
+    ):
+        (tmp_path / "id.txt").write_text(text)
+        bench = benchmark_from_sources(
+            str(tmp_path / "id.txt"),
+            [("o", str(tmp_path / "ood"))],
+            str(tmp_path / "names.txt"),
+            data_root=str(tmp_path / "data"),
+        )
+        with pytest.raises(ValueError, match=message):
+            bench.id_test  # noqa: B018
+    path = _manifest(tmp_path, [GOOD, {**GOOD, "id": "b", "label": 3}])
+    with pytest.raises(ValueError, match=r"manifest.jsonl:2: .*label 3 is not a class index in \[0, 2\)"):
+        ImageSet.from_manifest(path, "train", n_classes=2)
+    (tmp_path / "empty.txt").write_text("\n")  # with the default 'auto' an ID list failed at "texts is empty"
+    with pytest.raises(ValueError, match=r"--class-names: the ID class names are empty"):
+        benchmark_from_sources(str(tmp_path / "id.txt"), [("o", str(tmp_path / "ood"))], str(tmp_path / "empty.txt"))
+
+
+@pytest.mark.parametrize(
+    ("habit", "encode"),
+    [
+        ("UTF-8 with a byte-order mark (Notepad)", lambda t: b"\xef\xbb\xbf" + t.encode()),
+        ("UTF-16 with a byte-order mark (Notepad's 'Unicode')", lambda t: t.encode("utf-16")),
+        ("CRLF line endings", lambda t: t.replace("\n", "\r\n").encode()),
+        ("old Mac CR line endings", lambda t: t.replace("\n", "\r").encode()),
+        (
+            "tabs, trailing spaces, no final newline",
+            lambda t: t.replace(" ", "\t").replace("\n", "  \n").rstrip().encode(),
+        ),
+    ],
+)
+def test_image_lists_saved_by_common_editors_keep_every_entry(tmp_path, habit, encode):
+    for name in ("a", "b", "c"):
+        _png(tmp_path / "data" / f"{name}.png")
+    (tmp_path / "list.txt").write_bytes(encode("a.png 0\nb.png 1\nc.png 2\n"))
+    items = ImageSet.from_file_list(tmp_path / "list.txt", tmp_path / "data").items
+    assert [(it.id, it.label) for it in items] == [("a", 0), ("b", 1), ("c", 2)], habit
+
+
+def test_a_list_in_another_encoding_is_refused_naming_file_and_line(tmp_path):
+    _png(tmp_path / "data" / "a.png")
+    (tmp_path / "list.txt").write_bytes(b"a.png 0\ncaf\xe9.png 1\n")  # Latin-1
+    with pytest.raises(ValueError, match=r"list.txt is not UTF-8 text: line 2 holds byte 0xe9; save the image list"):
+        ImageSet.from_file_list(tmp_path / "list.txt", tmp_path / "data")
+    (tmp_path / "list.txt").write_bytes("a.png 0\n".encode("utf-16-le"))  # UTF-16 without its mark
+    with pytest.raises(ValueError, match=r"list.txt is not UTF-8 text: line 1 holds NUL bytes"):
+        ImageSet.from_file_list(tmp_path / "list.txt", tmp_path / "data")
+
+
+def test_an_output_folder_holding_another_run_is_refused_naming_the_difference(tmp_path):
+    from synood_kit.storage import claim_output
+
+    out = tmp_path / "out"
+    with claim_output(out, "evaluation", {"n_boot": 0, "sample": None}, outputs=("table.csv",)):
+        (out / "table.csv").write_text("first")
+    with claim_output(out, "evaluation", {"n_boot": 0, "sample": None}, outputs=("table.csv",)):
+        pass  # the same run: taken again (to resume, or recompute the same outputs)
+    other = r"holds another evaluation run with other settings \(differs in \['settings.n_boot'\]: settings.n_boot: 0 "
+    with (
+        pytest.raises(ValueError, match=other + r"there, 10 now\).*--overwrite"),
+        claim_output(out, "evaluation", {"n_boot": 10, "sample": None}, outputs=("table.csv",)),
+    ):
+        pass
+    kind = r"holds a run of another kind \(evaluation\) with other settings \(differs in \['purpose'"
+    with pytest.raises(ValueError, match=kind), claim_output(out, "synthesis", {"n_boot": 0, "sample": None}):
+        pass
+    assert (out / "table.csv").read_text() == "first"  # the refused runs wrote nothing
+    with claim_output(out, "evaluation", {"n_boot": 10, "sample": None}, overwrite=True, outputs=("table.csv",)):
+        assert not (out / "table.csv").exists()  # the other run's outputs were removed
+    assert json.loads((out / "run.json").read_text())["settings"]["n_boot"] == 10
+
+
+def test_a_run_that_fails_before_its_first_output_leaves_the_folder_free(tmp_path):
+    from synood_kit.storage import claim_output
+
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError), claim_output(out, "evaluation", {"k": 1}):
+        raise FileNotFoundError("a model folder that does not exist")
+    assert not (out / "run.json").exists()
+    with claim_output(out, "evaluation", {"k": 2}):  # a corrected rerun is not refused
+        pass
+
+
+def test_creating_an_output_folder_on_a_read_only_or_full_file_system_is_an_output_error(tmp_path, monkeypatch):
+    """``mkdir`` raised a bare OSError (a traceback); every writer of ``--out`` now takes its lock, whose ``mkdir``
+    is explained. Simulated: the tests run as root, which a real read-only folder does not stop."""
+    import errno
+
+    from synood_kit.storage import OutputError, check_output_path, claim_output
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name == "new":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    read_only_fs = r"cannot write .*new/.lock: the file system is read-only"
+    with pytest.raises(OutputError, match=read_only_fs), claim_output(tmp_path / "new", "evaluation", {}):
+        pass
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match=r"cannot create .*afile/out: .*afile is a file, not a folder"):
+        check_output_path(tmp_path / "afile" / "out")
+
+    class Stat:
+        f_flag, f_blocks, f_bavail = os.ST_RDONLY, 100, 50
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Stat)
+    with pytest.raises(OutputError, match=r"cannot write .*out: the file system is read-only"):
+        check_output_path(tmp_path / "out")
+    Stat.f_flag, Stat.f_bavail = 0, 0
+    with pytest.raises(OutputError, match=r"cannot write .*out: the disk is full"):
+        check_output_path(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_steps_times_strength_below_one_is_refused_before_any_work():
+    """``--steps 1`` at strength 0.6 gave diffusers no step: an IndexError after synthesis.json was written."""
+    from synood_kit.preset import load_preset
+
+    preset = load_preset("miniworld")
+    with pytest.raises(
+        ValueError,
+        match=r"num_inference_steps x inpaint.strength = 1 x 0.6 leaves no denoising step; need num_inference_steps >= 2",
+    ):
+        preset.override({"synthesis.inpaint.num_inference_steps": 1})
+    assert preset.override({"synthesis.inpaint.num_inference_steps": 2}).synthesis.inpaint.num_inference_steps == 2
+
+
+@pytest.mark.parametrize("device", ["quantum", "cuda:99", "meta", "mps"])
+def test_a_device_this_machine_does_not_have_is_named(device):
+    from synood_kit.models import available_devices, check_device
+
+    if device in available_devices() or (device == "cuda:99" and torch.cuda.device_count() > 99):
+        pytest.skip(f"this machine has {device}")
+    with pytest.raises(ValueError, match=rf"device '{device}'.*(this machine|it) has: cpu"):
+        check_device(device)
+    assert check_device("cpu") == torch.device("cpu")
+
+
+# ---------------------------------------------------------------- second round: untrusted weights, one message
+
+
+def _assert_refused_and_never_run(error, marker: Path, found: str) -> None:
+    text = str(error.value)
+    assert found in text and "weights stored with pickle" in text and "safetensors.torch.save_file" in text
+    assert "weights_only=False" not in text and "trust" not in text  # never advice to trust the file
+    assert not marker.exists()
+
+
+def test_pickled_weights_in_a_clip_classifier_or_mllm_folder_are_refused_with_how_to_convert(
+    clf_folder, tiny_clip_dir, tmp_path
+):
+    import shutil
+
+    from synood_kit.mllm import load_mllm
+    from synood_kit.models import load_clip
+
+    marker = tmp_path / "pwned"
+    # classifier folder: model.pt instead of model.safetensors
+    (clf_folder / "model.safetensors").unlink()
+    torch.save({"state": _Evil(marker)}, clf_folder / "model.pt")
+    with pytest.raises(ValueError) as refused:
+        load_classifier(str(clf_folder))
+    _assert_refused_and_never_run(refused, marker, "model.pt")
+    # CLIP folder: open_clip_pytorch_model.bin only
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip_dir, clip)
+    (clip / "open_clip_model.safetensors").unlink()
+    torch.save({"state": _Evil(marker)}, clip / "open_clip_pytorch_model.bin")
+    with pytest.raises(ValueError) as refused:
+        load_clip(str(clip))
+    _assert_refused_and_never_run(refused, marker, "open_clip_pytorch_model.bin")
+    # MLLM folder: pytorch_model.bin (transformers said "UnpicklingError ... weights_only=False")
+    mllm = tmp_path / "mllm"
+    mllm.mkdir()
+    (mllm / "config.json").write_text('{"model_type": "llava"}')
+    torch.save({"state": _Evil(marker)}, mllm / "pytorch_model.bin")
+    with pytest.raises(ValueError) as refused:
+        load_mllm(mllm)
+    _assert_refused_and_never_run(refused, marker, "pytorch_model.bin")
+
+
+def test_a_pipeline_folder_with_pickled_weights_is_refused_not_called_unavailable(
+    tiny_inpaint_dir, mini_benchmark, tmp_path, capsys
+):
+    import shutil
+
+    from synood_kit.cli import main
+
+    marker = tmp_path / "pwned"
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_inpaint_dir, pipe)
+    for f in (pipe / "unet").glob("*.safetensors"):
+        f.unlink()
+    torch.save({"state": _Evil(marker)}, pipe / "unet" / "diffusion_pytorch_model.bin")
+    args = ["synthesize", "--benchmark", str(mini_benchmark), "--pipeline", str(pipe), "--clip", "none"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "in-painting pipeline" in err and "diffusion_pytorch_model.bin: weights stored with pickle" in err
+    assert "not available offline" not in err and "weights_only=False" not in err and not marker.exists()
+    assert not (tmp_path / "out").exists()
+    # the loader itself refuses it too, for a notebook or script that calls it directly
+    from synood_kit.inpainting import load_inpaint_pipeline
+
+    with pytest.raises(ValueError) as refused:
+        load_inpaint_pipeline(str(pipe))
+    _assert_refused_and_never_run(refused, marker, "diffusion_pytorch_model.bin")
+
+
+def test_a_finetuning_checkpoint_that_is_a_pickle_or_holds_nan_is_refused_naming_the_file(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"adapter": _Evil(marker)}, tmp_path / "ft.safetensors")  # a pickle under a safetensors name
+    with pytest.raises(ValueError) as refused:
+        load_finetune(tmp_path / "ft.safetensors", WORDS)
+    _assert_refused_and_never_run(refused, marker, "ft.safetensors")
+    adapter = ResidualAdapter(16)
+    with torch.no_grad():
+        next(adapter.parameters()).fill_(float("nan"))
+    path = save_finetune(tmp_path / "nan.safetensors", WORDS, adapter)
+    with pytest.raises(ValueError, match=r"nan.safetensors holds NaN or Inf values in \['adapter\..*diverged"):
+        load_finetune(path, WORDS, dim=16)
