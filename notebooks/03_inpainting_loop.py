@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from synood_kit.inpainting import full_masks, load_inpaint_pipeline, refine_steps, summarize_refinement
-from synood_kit.plotting import refinement_figure, score_trajectories
+from synood_kit.inpainting import compare_recipes, full_masks, load_inpaint_pipeline, refine_steps, summarize_refinement
+from synood_kit.plotting import recipe_placement, refinement_figure, score_trajectories
 from synood_kit.prompting import prompt_contexts
 from synood_kit.registry import load_run
 from synood_kit.storage import atomic_write_json
@@ -153,6 +153,27 @@ display(
 )
 
 # %% [markdown]
+# ## Cheaper recipes: the same samples for fewer UNet evaluations?
+#
+# Each update round needs the gradient of the score with respect to the clean latent. The full recipe gets it by
+# regenerating the image; `one_step` takes the one-step (Tweedie) estimate of the clean latent at the first
+# denoising step (one UNet call per round); `last_steps` keeps the first generation and re-runs only its last
+# `rerun_steps` denoising steps per round. Same sources, prompts and noise for all; the cost unit is the unguided
+# generation. docs/synthesis_cost.md has the measured table at a larger scale.
+
+# %%
+recipes = {
+    "one_step": {"recipe": "one_step"},
+    "last_steps (2)": {"recipe": "last_steps", "rerun_steps": 2},
+}
+recipe_table, recipe_scores = compare_recipes(
+    pipe, sources, prompts, scorer, guidance, recipes, settings.inpaint, seed=seed
+)
+display(recipe_table.round(3))
+fig = recipe_placement(recipe_scores, id_scores, ood_scores, target)
+fig.savefig(out / "recipes.png", dpi=120)
+
+# %% [markdown]
 # ## What the test suite reads
 #
 # `metrics.json`: how far the refinement moved the samples toward the target and where they ended, beside the
@@ -169,5 +190,8 @@ summary.update(
     size=size,
     n_target_images=len(training),
     refined_median=float(np.median(steps[-1].score.numpy())),
+    recipes=recipe_table.set_index("recipe")[["unet_vs_unguided", "median_gap", "moved_toward_target"]].to_dict(
+        "index"
+    ),
 )
 atomic_write_json(out / "metrics.json", summary)

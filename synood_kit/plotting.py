@@ -10,6 +10,7 @@ __all__ = [
     "boundary_map",
     "image_grid",
     "percentile_distribution",
+    "recipe_placement",
     "refinement_figure",
     "roc_curves",
     "score_histograms",
@@ -160,6 +161,44 @@ def score_trajectories(steps, id_scores, ood_scores, target: float | None = None
     ax.set_xlabel("generation")
     ax.set_ylabel("guidance score (higher = more ID)")
     ax.set_xlim(left - 0.1, len(steps) - 0.5)
+    ax.legend(fontsize=7, loc="best")
+    return ax.figure
+
+
+def recipe_placement(final_scores: dict, id_scores, ood_scores, target: float, ax=None):
+    """Plot each recipe's final guidance scores (one row of points per recipe) against the ID and OOD score
+    distributions and the target (:func:`~synood_kit.inpainting.compare_recipes`).
+
+    Args:
+        final_scores: ``{recipe: (B,) final scores}``, drawn top to bottom in order.
+        id_scores, ood_scores: ``(N,)`` scorer values on real ID and OOD images.
+        target: the refinement target, drawn as a line.
+        ax: axes to draw on.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not final_scores:
+        raise ValueError("recipe_placement needs at least one recipe's scores")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.6 * len(final_scores) + 1.8))
+    names = list(final_scores)
+    rows = np.arange(len(names))[::-1]
+    for lo, hi, color, label in (
+        (*np.percentile(id_scores, [25, 75]), "tab:blue", "ID scores (IQR)"),
+        (*np.percentile(ood_scores, [25, 75]), "tab:red", "OOD scores (IQR)"),
+    ):
+        ax.axvspan(lo, hi, color=color, alpha=0.15, label=label)
+    for row, name in zip(rows, names, strict=True):
+        x = np.asarray(final_scores[name], dtype=float)
+        ax.plot(x, np.full_like(x, row), "o", color="k", alpha=0.6, markersize=4)
+        ax.plot([np.median(x)], [row], "|", color="tab:orange", markersize=16, markeredgewidth=2)
+    ax.axvline(target, color="tab:green", linestyle="--", label="target")
+    ax.set_yticks(rows, names)
+    ax.set_ylim(-0.7, len(names) - 0.3)
+    ax.set_xlabel("final guidance score (orange: median; higher = more ID)")
     ax.legend(fontsize=7, loc="best")
     return ax.figure
 

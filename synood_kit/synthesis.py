@@ -157,49 +157,27 @@ def _config_json(config: SynthesisConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def _differences(have, want, prefix: str = "") -> list[str]:
-    """Return the dotted keys where two JSON-like dicts differ."""
-    if not (isinstance(have, dict) and isinstance(want, dict)):
-        return [prefix or "(the whole configuration)"] if have != want else []
-    out = []
-    for key in sorted(set(have) | set(want)):
-        name = f"{prefix}.{key}" if prefix else key
-        if key not in have or key not in want:
-            out.append(name)
-        else:
-            out += _differences(have[key], want[key], name)
-    return out
-
-
 def check_config(out: Path, config: SynthesisConfig) -> None:
     """Write ``synthesis.json`` for a new folder, or refuse a folder holding a run of another configuration.
 
     Raises:
         ValueError: naming each setting that differs (dotted keys) and both values of the first few.
     """
-    from .storage import atomic_write_json
+    from .storage import atomic_write_json, setting_differences, value_at
 
     path = Path(out) / "synthesis.json"
     want = _config_json(config)
     if path.is_file():
         have = json.loads(path.read_text())
         if have != want:
-            diff = _differences(have, want)
-            shown = "; ".join(f"{k}: {_at(have, k)!r} there, {_at(want, k)!r} now" for k in diff[:3])
+            diff = setting_differences(have, want)
+            shown = "; ".join(f"{k}: {value_at(have, k)!r} there, {value_at(want, k)!r} now" for k in diff[:3])
             raise ValueError(
                 f"{out} holds a synthesis run with another configuration (differs in {diff}: {shown}); use a new "
                 "folder, or the same settings to resume"
             )
     else:
         atomic_write_json(path, want)
-
-
-def _at(tree, dotted: str):
-    for key in dotted.split("."):
-        if not isinstance(tree, dict) or key not in tree:
-            return "(absent)"
-        tree = tree[key]
-    return tree
 
 
 def synthesize(
@@ -334,9 +312,10 @@ def synthesize_batches(
                 "scores": [float(st.score[j]) for st in steps],
                 "losses": [float(st.loss[j]) for st in steps],
                 "rejected": [bool(st.rejected[j]) if st.rejected else False for st in steps],
-                "cost": {
+                "cost": {  # per image, over the whole refinement (GuidanceConfig.recipe sets them)
                     "unet_evals": sum(st.unet_evals for st in steps),
                     "vae_decodes": sum(st.vae_decodes for st in steps),
+                    "backward_passes": sum(st.backward_passes for st in steps),
                     "seconds": round(seconds / len(batch), 3),
                 },
                 "config": _config_json(config),

@@ -16,6 +16,7 @@ models and the target, and a folder made with other settings is refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -113,6 +114,12 @@ class SynthesisSettings:
             raise ValueError(
                 "SynthesisSettings.guidance.target and .official_rounds are set by the run from `target` "
                 "('boundary': a quantile of the ID training sources' scores; 'official': margin -5, official rounds)"
+            )
+        steps, strength = self.inpaint.num_inference_steps, self.inpaint.strength
+        if int(steps * strength) < 1:  # diffusers denoises int(steps * strength) steps: none would be an IndexError
+            raise ValueError(
+                f"inpaint.num_inference_steps x inpaint.strength = {steps} x {strength} leaves no denoising step; "
+                f"need num_inference_steps >= {math.ceil(1 / strength)} at strength {strength}"
             )
         if not self.label_parts_of_speech or not set(self.label_parts_of_speech) <= {"noun", "adj"}:
             raise ValueError(
@@ -237,7 +244,7 @@ def choose_sources(image_set, config: SourcesConfig) -> list:
     Raises:
         ValueError: if the set has unlabelled images.
     """
-    from PIL import Image
+    from .data import ImageLoadError, read_image_header
 
     items = list(image_set.items)
     if any(it.label < 0 for it in items):
@@ -246,10 +253,9 @@ def choose_sources(image_set, config: SourcesConfig) -> list:
 
         def density(item) -> float:
             try:
-                with Image.open(item.path) as im:
-                    w, h = im.size
-                return os.path.getsize(item.path) / max(1, w * h)
-            except (OSError, ValueError, Image.DecompressionBombError):
+                header = read_image_header(item.path)
+                return os.path.getsize(item.path) / max(1, header.width * header.height)
+            except (ImageLoadError, OSError):
                 return -1.0  # unreadable: last; the streaming pass skips and records it
 
         order = sorted(range(len(items)), key=lambda i: (-density(items[i]), i))
@@ -393,9 +399,10 @@ def run_synthesis(
     import torch
 
     from .inpainting import load_inpaint_pipeline
+    from .models import check_device, refuse_pickled_weights
     from .negatives import NegativeLabels, mine_negative_labels
     from .prompting import prompt_contexts
-    from .storage import OutputLock, append_jsonl
+    from .storage import append_jsonl, claim_output
     from .synthesis import (
         SynthesisConfig,
         SynthesisSource,
@@ -417,35 +424,40 @@ def run_synthesis(
         )
     if negatives is not None and not Path(negatives).is_file():
         raise FileNotFoundError(f"negative-label file not found: {negatives}")
+    check_device(models.device)
     image_set = benchmark.id_train
     chosen = choose_sources(image_set, settings.sources)
     backend = context_backend(settings, models, benchmark)
     out = Path(out_dir)
     t_start = time.time()
+    refuse_pickled_weights(_pipeline_folder(models.pipeline), "in-painting pipeline")
     pipe = load_inpaint_pipeline(models.pipeline, device=models.device)
     pipe.set_progress_bar_config(disable=True)
     size = synthesis_size(pipe, settings.sources, models.pipeline)  # refused before anything is written
-    with OutputLock(out / "locks" / f"rank-{rank}", purpose="synthesis"):
-        loaded: dict = {}
+    loaded: dict = {}
 
-        def clip_model():  # the run's one CLIP: scorer and labeler share it
-            if "clip" not in loaded:
-                from .models import load_clip
+    def clip_model():  # the run's one CLIP: scorer and labeler share it
+        if "clip" not in loaded:
+            from .models import load_clip
 
-                loaded["clip"] = load_clip(models.clip, models.pretrained, device=models.device)
-            return loaded["clip"]
+            loaded["clip"] = load_clip(models.clip, models.pretrained, device=models.device)
+        return loaded["clip"]
 
-        def negative_labels():  # the given list, or mined once for the benchmark's classes
-            if "negatives" not in loaded:
-                if negatives is not None:
-                    loaded["negatives"] = NegativeLabels.load(negatives)
-                else:
-                    config = preset.mining_for(benchmark)
-                    result = mine_negative_labels(clip_model(), list(benchmark.class_names), config, progress=False)
-                    loaded["negatives"] = result.labels
-            return loaded["negatives"]
+    def negative_labels():  # the given list, or mined once for the benchmark's classes
+        if "negatives" not in loaded:
+            if negatives is not None:
+                loaded["negatives"] = NegativeLabels.load(negatives)
+            else:
+                config = preset.mining_for(benchmark)
+                result = mine_negative_labels(clip_model(), list(benchmark.class_names), config, progress=False)
+                loaded["negatives"] = result.labels
+        return loaded["negatives"]
 
-        scorer, scorer_name = guidance_scorer(settings, models, clip_model, negative_labels, benchmark.class_names)
+    scorer, scorer_name = guidance_scorer(settings, models, clip_model, negative_labels, benchmark.class_names)
+    # the folder is locked, and checked to hold no other run (settings and sources), before its first write
+    run = _run_record(benchmark, preset, size, chosen, backend.name, negatives)
+    fixed = {k: v for k, v in dataclasses.asdict(settings).items() if k != "chunk_images"}  # streaming: not a setting
+    with claim_output(out, "synthesis", {"run": run, "synthesis": fixed}, lock_folder=out / "locks" / f"rank-{rank}"):
         known_skips = read_skipped(out) if rank == 0 else {}
         skipped: dict[str, str] = {}
 
@@ -486,7 +498,11 @@ def run_synthesis(
             scorer=scorer_name,
             seed=settings.seed,
             batch_size=bs,
-            run=_run_record(benchmark, preset, size, len(kept), backend.name, negatives),
+            run={
+                **run,
+                "sources": {**run["sources"], "n": len(kept)},
+                "target_rule": _target_rule(settings, len(kept)),
+            },
         )
         check_config(out, config)  # every shard computes the same configuration; the first to come writes it
         labeler = None
@@ -524,26 +540,50 @@ def run_synthesis(
     return SynthesisResult(out, written, len(kept), skipped, float(target), size, round(time.time() - t_start, 1))
 
 
-def _run_record(benchmark, preset, size: int, n_sources: int, backend: str, negatives) -> dict:
+def _pipeline_folder(source: str) -> str:
+    """Return the folder (or hub id) :func:`~synood_kit.inpainting.load_inpaint_pipeline` reads for ``source``."""
+    from .config import assets_dir
+
+    return str(assets_dir() / "miniworld" / "inpaint") if source == "miniworld" else source
+
+
+def sources_fingerprint(items) -> str:
+    """Return a hash of the sources a run synthesises from: ids, labels and file sizes (not paths or times, so a
+    moved or copied data folder is the same sources; another split, class or render is not)."""
+    from .storage import sha256_text
+
+    def size(path) -> int:
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return -1
+
+    return sha256_text("".join(f"{it.id}\t{it.label}\t{size(it.path)}\n" for it in items))
+
+
+def _target_rule(settings: SynthesisSettings, n_sources: int) -> str:
+    if settings.target == "official":
+        return "official margin -5 on mean(g) - logsumexp(g)"
+    return (
+        f"{settings.target_quantile} quantile of the {settings.scorer} score over the run's {n_sources} ID training "
+        "sources"
+    )
+
+
+def _run_record(benchmark, preset, size: int, chosen: list, backend: str, negatives) -> dict:
     """Return what fixes a synthesis folder beyond the in-painting call: the benchmark and its classes, the
-    sources, the context backend, the models and the boundary target's rule."""
+    sources (the chosen images' fingerprint), the context backend, the models and the boundary target's rule."""
     from .storage import sha256_text
 
     settings = preset.synthesis
     sources = dataclasses.asdict(settings.sources)
-    sources.update(split="id_train", size=size, n=n_sources)
-    target = (
-        "official margin -5 on mean(g) - logsumexp(g)"
-        if settings.target == "official"
-        else f"{settings.target_quantile} quantile of the {settings.scorer} score over the run's {n_sources} ID "
-        "training sources"
-    )
+    sources.update(split="id_train", size=size, chosen=len(chosen), fingerprint=sources_fingerprint(chosen))
     return {
         "benchmark": benchmark.identity(),
         "sources": sources,
         "context": {"backend": backend, **dataclasses.asdict(settings.prompting)},
         "models": {k: v for k, v in dataclasses.asdict(preset.models).items() if k != "device"},
-        "target_rule": target,
+        "target_rule": settings.target if settings.target == "official" else f"{settings.target_quantile} quantile",
         "mask": settings.mask,
         "label_parts_of_speech": list(settings.label_parts_of_speech),
         "negatives": None if negatives is None else sha256_text(Path(negatives).read_text(encoding="utf-8")),

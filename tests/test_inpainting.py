@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from synood_kit.classifier import build_classifier, load_classifier, save_classifier_folder
 from synood_kit.guidance import OFFICIAL_MARGIN, boundary_target, classifier_scorer
-from synood_kit.inpainting import GuidanceConfig, InpaintConfig, context_prompt, refine, refine_steps
+from synood_kit.inpainting import (
+    GuidanceConfig,
+    InpaintConfig,
+    context_prompt,
+    refine,
+    refine_steps,
+    summarize_refinement,
+)
 
 FAST = InpaintConfig(num_inference_steps=4, guidance_scale=2.0)
 
@@ -225,3 +234,247 @@ def test_the_source_latent_is_sampled_reproducibly_or_its_mode(pipe, clf, images
         source_noise=source,
     )
     torch.testing.assert_close(next(steps).latent, first("mode", 0).latent)  # zero noise samples the mean = mode
+
+
+# ---------------------------------------------------------------- cheaper recipes (issue 17)
+
+LONGER = InpaintConfig(num_inference_steps=10, guidance_scale=2.0)  # 6 denoising steps, CFG: 12 UNet evals / image
+
+
+def _steps(pipe, images, scorer, guidance, config=LONGER, seed=0):
+    return list(
+        refine_steps(pipe, images, PROMPTS, scorer, guidance, config, generator=torch.Generator().manual_seed(seed))
+    )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "extra", "unet", "backward", "estimates"),
+    [
+        ("full", {}, [12, 12, 12], [1, 1, 0], ["final"] * 3),
+        ("one_step", {}, [2, 2, 12], [1, 1, 0], ["one_step", "one_step", "final"]),
+        ("last_steps", {"rerun_steps": 2}, [12, 4, 4], [1, 1, 0], ["final"] * 3),
+        ("one_step", {"official_rounds": True}, [2, 12], [1, 1], ["one_step", "final"]),
+        ("last_steps", {"rerun_steps": 6}, [12, 12, 12], [1, 1, 0], ["final"] * 3),
+    ],
+)
+def test_each_recipe_counts_its_cost_per_image_exactly(pipe, clf, images, recipe, extra, unet, backward, estimates):
+    guidance = GuidanceConfig(rounds=2, target=0.0, step_size=0.1, recipe=recipe, **extra)
+    steps = _steps(pipe, images, classifier_scorer(clf), guidance)
+    assert [s.unet_evals for s in steps] == unet  # UNet calls x 2 (CFG), per image
+    assert [s.vae_decodes for s in steps] == [1] * len(steps)
+    assert [s.backward_passes for s in steps] == backward
+    assert [s.estimate for s in steps] == estimates
+    assert [s.grad is not None for s in steps] == [b == 1 for b in backward]
+    for s in steps:
+        assert (
+            s.image.shape == images.shape and torch.isfinite(s.score).all() and s.start_latent.shape == s.latent.shape
+        )
+    summary = summarize_refinement(steps, 0.0, [1.0, 2.0], [0.0])
+    assert summary["unet_evals_per_image"] == sum(unet) and summary["backward_passes_per_image"] == sum(backward)
+
+
+@pytest.mark.parametrize("recipe", ["full", "one_step", "last_steps"])
+def test_every_recipe_is_seeded_and_refine_is_its_last_step(pipe, clf, images, recipe):
+    scorer = classifier_scorer(clf)
+    guidance = GuidanceConfig(rounds=2, target=0.0, step_size=0.5, recipe=recipe, rerun_steps=2)
+    a, b = _steps(pipe, images, scorer, guidance), _steps(pipe, images, scorer, guidance)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.latent, y.latent) and torch.equal(x.image, y.image) and torch.equal(x.score, y.score)
+    last = refine(pipe, images, PROMPTS, scorer, guidance, LONGER, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(last.image, a[-1].image)
+    assert not torch.equal(_steps(pipe, images, scorer, guidance, seed=1)[-1].image, a[-1].image)
+    assert not torch.equal(a[-1].image, a[0].image)  # the updates reached the image
+
+
+def _literal_full_recipe(pipe, images, prompts, scorer, guidance, config, seed):
+    """The full (official-unit) recipe written out from docs/method.md, stage 4, with the kit's rounds + 1
+    generations: draws in the order noise, pipeline seed, source noise; z_t0 = add_noise(z0, eps, t0); the stock
+    pipeline denoises; decode z_hat / sf with gradient; eps <- eps - lr * d mean_i (m - s_i)^2 / d(z_hat / sf)."""
+    g = torch.Generator().manual_seed(seed)
+    sf = pipe.vae.config.scaling_factor
+    with torch.no_grad():
+        dist = pipe.vae.encode(images * 2 - 1).latent_dist
+    eps = torch.randn(dist.mean.shape, generator=g)
+    pipe_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    z0 = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)) * sf
+    pipe.scheduler.set_timesteps(config.num_inference_steps)
+    n = int(config.num_inference_steps * config.strength)
+    t0 = pipe.scheduler.timesteps[config.num_inference_steps - n]
+    out = []
+    for r in range(guidance.rounds + 1):
+        z_t0 = pipe.scheduler.add_noise(z0, eps, t0.reshape(1).repeat(len(z0)))
+        with torch.no_grad():
+            z_hat = pipe(
+                prompt=list(prompts),
+                negative_prompt=[""] * len(prompts),
+                image=images,
+                mask_image=torch.ones(len(images), 1, *images.shape[-2:]),
+                height=images.shape[-2],
+                width=images.shape[-1],
+                strength=config.strength,
+                num_inference_steps=config.num_inference_steps,
+                guidance_scale=config.guidance_scale,
+                latents=z_t0 / pipe.scheduler.init_noise_sigma,
+                generator=torch.Generator("cpu").manual_seed(pipe_seed),
+                output_type="latent",
+            ).images.float()
+        u = (z_hat / sf).clone().requires_grad_(r < guidance.rounds)
+        with torch.enable_grad():
+            image = ((pipe.vae.decode(u).sample + 1) / 2).clamp(0, 1)
+            score = scorer(image).float()
+            loss = (guidance.target - score) ** 2
+            grad = torch.autograd.grad(loss.mean(), u)[0] if r < guidance.rounds else None
+        out.append((eps.clone(), z_hat, image.detach(), score.detach(), loss.detach(), grad))
+        if grad is not None:
+            eps = eps - guidance.step_size * grad
+    return out
+
+
+def test_the_default_recipe_is_the_full_one_unchanged_byte_for_byte(pipe, clf, images):
+    scorer = classifier_scorer(clf)
+    guidance = GuidanceConfig(rounds=2, target=0.0, step_size=3.0, step_unit="official")
+    assert GuidanceConfig().recipe == "full"
+    steps = _steps(pipe, images, scorer, guidance, config=FAST, seed=5)
+    literal = _literal_full_recipe(pipe, images, PROMPTS, scorer, guidance, FAST, seed=5)
+    for step, (noise, latent, image, score, loss, grad) in zip(steps, literal, strict=True):
+        assert torch.equal(step.noise, noise) and torch.equal(step.latent, latent) and torch.equal(step.image, image)
+        assert torch.equal(step.score, score) and torch.equal(step.loss, loss)
+        assert (step.grad is None and grad is None) or torch.equal(step.grad, grad)
+
+
+@pytest.fixture
+def scheduler_kind(pipe, request):
+    """The pipeline with its DDIM scheduler set to ``request.param``'s prediction type (restored afterwards)."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    before = pipe.scheduler
+    kind = request.param
+    if kind == "pndm":  # the official SD-2 in-painting scheduler
+        pipe.scheduler = PNDMScheduler.from_config(before.config, prediction_type="epsilon", skip_prk_steps=True)
+    else:
+        pipe.scheduler = DDIMScheduler.from_config(before.config, prediction_type=kind)
+    yield kind
+    pipe.scheduler = before
+
+
+@pytest.mark.parametrize("scheduler_kind", ["v_prediction", "epsilon", "pndm"], indirect=True)
+def test_the_one_step_estimate_is_tweedies_formula_on_the_schedulers_alphas(pipe, clf, images, scheduler_kind):
+    seen = []
+    hook = pipe.unet.register_forward_hook(lambda m, args, out: seen.append((args[0], args[1], out[0])))
+    try:
+        guidance = GuidanceConfig(rounds=1, target=0.0, step_size=2.0, step_unit="per_image", recipe="one_step")
+        steps = _steps(pipe, images, classifier_scorer(clf), guidance)
+    finally:
+        hook.remove()
+    model_input, t, output = seen[0]  # the first UNet call: the one-step estimate's
+    assert steps[0].unet_evals == 2 and len(seen) == 1 + steps[1].unet_evals // 2
+    z_t = model_input[: len(images), :4]  # the conditional half; channels 4: are the mask and masked-image latents
+    torch.testing.assert_close(z_t, steps[0].start_latent, rtol=0, atol=0)
+    uncond, text = output.chunk(2)
+    prediction = uncond + LONGER.guidance_scale * (text - uncond)
+    a = float(pipe.scheduler.alphas_cumprod[int(t)])
+    v_model = scheduler_kind == "v_prediction"  # then eps = sqrt(a) v + sqrt(1 - a) z_t
+    noise_hat = math.sqrt(a) * prediction + math.sqrt(1 - a) * z_t if v_model else prediction
+    expected = (z_t - math.sqrt(1 - a) * noise_hat) / math.sqrt(a)
+    torch.testing.assert_close(steps[0].latent, expected, rtol=1e-5, atol=1e-5)
+    assert steps[0].estimate == "one_step" and steps[1].estimate == "final"
+    # the update is the full recipe's: eps <- eps - lr * dL/dz0_hat, here per image on z0_hat
+    torch.testing.assert_close(steps[1].noise, steps[0].noise - 2.0 * steps[0].grad, rtol=1e-6, atol=1e-6)
+
+
+def test_the_one_step_update_lowers_the_loss_of_the_estimate(pipe, clf, images):
+    from synood_kit.inpainting import _decode
+
+    scorer = classifier_scorer(clf)
+    step = _steps(
+        pipe, images, scorer, GuidanceConfig(rounds=1, target=-10.0, recipe="one_step", step_unit="per_image")
+    )[0]
+
+    def loss(z):
+        with torch.no_grad():
+            return ((-10.0 - scorer(_decode(pipe, z))) ** 2).sum()
+
+    assert loss(step.latent - 1e-3 * step.grad / step.grad.norm()) < loss(step.latent)
+
+
+def test_last_steps_moves_the_noise_of_the_latent_it_restarts_from(pipe, clf, images):
+    scorer = classifier_scorer(clf)
+    guidance = GuidanceConfig(
+        rounds=2, target=0.0, step_size=2.0, step_unit="per_image", recipe="last_steps", rerun_steps=2
+    )
+    steps = _steps(pipe, images, scorer, guidance)
+    pipe.scheduler.set_timesteps(LONGER.num_inference_steps)
+    t_m = pipe.scheduler.timesteps[LONGER.num_inference_steps - 2]
+    sigma = (1 - pipe.scheduler.alphas_cumprod[int(t_m)]).sqrt()
+    # z_m <- z_m - lr * sqrt(1 - a_m) * dL/dz_hat: the noise of z_m moves as eps does in a full round
+    torch.testing.assert_close(steps[2].start_latent, steps[1].start_latent - 2.0 * sigma * steps[1].grad)
+    assert torch.equal(steps[0].noise, steps[2].noise)  # the initial noise is not what this recipe moves
+    # re-running every step is the full recipe (up to rounding: z_t0 - lr sigma g vs add_noise(z0, eps - lr g))
+    every = dataclasses.replace(guidance, rerun_steps=6)
+    full = dataclasses.replace(guidance, recipe="full")
+    for x, y in zip(_steps(pipe, images, scorer, every), _steps(pipe, images, scorer, full), strict=True):
+        torch.testing.assert_close(x.latent, y.latent, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(x.score, y.score, rtol=1e-4, atol=1e-5)
+
+
+def test_recipe_settings_are_checked(pipe, clf, images):
+    from diffusers import EulerDiscreteScheduler
+
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        GuidanceConfig(recipe="tweedie")
+    with pytest.raises(ValueError, match="rerun_steps"):
+        GuidanceConfig(recipe="last_steps", rerun_steps=0)
+    scorer = classifier_scorer(clf)
+    with pytest.raises(ValueError, match="rerun_steps=7 exceeds the 6 denoising steps"):
+        _steps(pipe, images, scorer, GuidanceConfig(rounds=1, target=0.0, recipe="last_steps", rerun_steps=7))
+    before = pipe.scheduler
+    pipe.scheduler = EulerDiscreteScheduler.from_config(before.config)
+    try:
+        with pytest.raises(ValueError, match="DDPM-type scheduler"):
+            _steps(pipe, images, scorer, GuidanceConfig(rounds=1, target=0.0, recipe="one_step"))
+    finally:
+        pipe.scheduler = before
+
+
+def test_synthesis_records_carry_the_recipes_cost(pipe, tmp_path):
+    from synood_kit.synthesis import SynthesisConfig, SynthesisSource, read_records, synthesize
+
+    g = torch.Generator().manual_seed(0)
+    sources = [SynthesisSource(f"s{i}", torch.rand(3, 32, 32, generator=g), PROMPTS[i]) for i in range(2)]
+    config = SynthesisConfig(
+        inpaint=LONGER,
+        guidance=GuidanceConfig(rounds=3, target=0.5, step_size=0.5, recipe="one_step"),
+        batch_size=2,
+    )
+    list(synthesize(pipe, sources, lambda x: x.mean(dim=(1, 2, 3)), tmp_path, config, progress=False))
+    for record in read_records(tmp_path).values():
+        cost = record["cost"]
+        assert (cost["unet_evals"], cost["vae_decodes"], cost["backward_passes"]) == (3 * 2 + 12, 4, 3)
+        assert record["config"]["guidance"]["recipe"] == "one_step" and len(record["scores"]) == 4
+
+
+def test_compare_recipes_runs_each_recipe_on_the_same_noise_and_counts_its_cost(pipe, clf, images):
+    from synood_kit.inpainting import compare_recipes
+
+    scorer = classifier_scorer(clf)
+    guidance = GuidanceConfig(rounds=2, target=0.0, step_size=2.0)
+    recipes = {"one_step": {"recipe": "one_step"}, "last 2": {"recipe": "last_steps", "rerun_steps": 2}}
+    table, finals = compare_recipes(pipe, images, PROMPTS, scorer, guidance, recipes, LONGER, seed=3)
+    assert list(table["recipe"]) == ["unguided", "full", "one_step", "last 2"]
+    rows = table.set_index("recipe")
+    # the reference runs are refine_steps' own: the same seed gives the same final scores
+    full = _steps(pipe, images, scorer, guidance, seed=3)
+    assert np.array_equal(finals["full"], full[-1].score.numpy())
+    assert np.array_equal(finals["unguided"], full[0].score.numpy())
+    assert rows.loc["full", "unet_evals"] == sum(st.unet_evals for st in full)
+    assert rows.loc["unguided", "unet_vs_unguided"] == 1.0 and rows.loc["unguided", "moved_toward_target"] == 0.0
+    assert rows.loc["full", "unet_vs_unguided"] == 3.0  # 2 updates + the final generation
+    # 6 denoising steps x 2 per generation: one_step adds 2 per update, last 2 adds 4, full adds 12
+    assert 1.0 < rows.loc["one_step", "unet_vs_unguided"] < rows.loc["last 2", "unet_vs_unguided"] < 3.0
+    assert (rows.loc[["full", "one_step", "last 2"], "backward_passes"] == 2).all()
+    gap = np.median(np.abs(finals["one_step"] - 0.0))
+    assert rows.loc["one_step", "median_gap"] == pytest.approx(gap)
+    with pytest.raises(ValueError, match="taken"):
+        compare_recipes(pipe, images, PROMPTS, scorer, guidance, {"full": {}}, LONGER)
+    with pytest.raises(ValueError, match="target"):
+        compare_recipes(pipe, images, PROMPTS, scorer, GuidanceConfig(), {}, LONGER)

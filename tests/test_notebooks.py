@@ -139,6 +139,16 @@ def test_03_inpainting_loop_moves_samples_toward_the_boundary(nb03):
     for key in ("ood_median", "refined_median", "id_median", "mean_abs_gap_refined", "mean_abs_gap_unguided"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert metrics["mean_abs_gap_refined"] >= 0 and metrics["mean_abs_gap_unguided"] >= 0
+    # the cheaper-recipes panel: the same sources and noise by each recipe, cost in units of the unguided generation
+    assert (out / "recipes.png").is_file()
+    recipes = metrics["recipes"]
+    assert list(recipes) == ["unguided", "full", "one_step", "last_steps (2)"]
+    # the mini-world's 20 steps x strength 0.6 = 12 denoising steps per generation: full = 4 generations,
+    # one_step = 1 + 3 x 1/12, last_steps (2) = 1 + 3 x 2/12
+    cost = {name: row["unet_vs_unguided"] for name, row in recipes.items()}
+    assert cost == pytest.approx({"unguided": 1.0, "full": 4.0, "one_step": 1.25, "last_steps (2)": 1.5})
+    for row in recipes.values():
+        assert _fraction(row["moved_toward_target"]) and math.isfinite(row["median_gap"]) and row["median_gap"] >= 0
 
 
 @pytest.mark.slow

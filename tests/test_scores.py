@@ -325,3 +325,32 @@ def test_neglabel_rejects_bad_arguments(clip_like_features):
 def test_an_empty_negative_list_is_an_error_not_a_score_of_one(n_groups):
     with pytest.raises(ValueError, match="neg_text_features is empty"):
         neglabel_score(torch.randn(3, 8), torch.randn(2, 8), torch.zeros(0, 8), n_groups=n_groups)
+
+
+# ---------------------------------------------------------------- NegLabel, the in-place path (issue 17, point 5)
+
+
+@pytest.mark.parametrize("n_groups", [None, 1, 7, 100])
+def test_neglabel_in_place_equals_the_autograd_path_and_its_gradient_flows(n_groups):
+    g = torch.Generator().manual_seed(11)
+    img, ids, neg = torch.randn(57, 24, generator=g), torch.randn(9, 24, generator=g), torch.randn(703, 24, generator=g)
+    fast = neglabel_score(img, ids, neg, n_groups=n_groups)  # no input needs a gradient: the in-place path
+    leaf = img.clone().requires_grad_(True)
+    slow = neglabel_score(leaf, ids, neg, n_groups=n_groups)  # autograd: logits + grouped_id_probability
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-7)
+    (grad,) = torch.autograd.grad(slow.sum(), leaf)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with torch.no_grad():  # no autograd: the in-place path even for inputs that require a gradient
+        assert torch.equal(neglabel_score(leaf, ids, neg, n_groups=n_groups), fast)
+
+
+def test_neglabel_chunking_by_bytes_does_not_change_scores(clip_like_features, monkeypatch):
+    import synood_kit.scores as scores
+
+    img, ids, neg = clip_like_features
+    whole = neglabel_score(img, ids, neg, n_groups=10, batch_size=4096)
+    monkeypatch.setitem(scores.CHUNK_BYTES, "cpu", 1)  # the smallest chunk: 64 rows
+    torch.testing.assert_close(neglabel_score(torch.cat([img] * 3), ids, neg, n_groups=10), torch.cat([whole] * 3))
+    for batch_size in (1, 5, 41):
+        torch.testing.assert_close(neglabel_score(img, ids, neg, n_groups=10, batch_size=batch_size), whole)
+    assert neglabel_score(img[:0], ids, neg).shape == (0,)

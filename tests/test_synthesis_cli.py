@@ -272,3 +272,61 @@ def test_sources_refuse_what_the_benchmark_cannot_serve(setup, tmp_path, capsys)
     assert main(_source_args(setup, description, tmp_path / "out")) == 2
     assert "1 class names for 2 ID class folders" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_other_sources_or_settings_is_refused_before_anything_is_written(
+    setup, reference, tmp_path, capsys
+):
+    """A folder made from other source images (another split, another render, an edited file) with otherwise equal
+    settings was accepted and then mixed both; settings were checked only after pass 1 had written its records."""
+    from PIL import Image
+
+    from synood_kit.cli import main
+    from synood_kit.miniworld.benchmark import read_manifest
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+    bench = tmp_path / "bench"
+    shutil.copytree(setup.bench, bench)
+    first = read_manifest(bench, "id_train")[0]
+    Image.open(bench / first["path"]).rotate(90).save(bench / first["path"])  # same id and label, other pixels
+    args = _args(setup, out)
+    args[args.index("--benchmark") + 1] = str(bench)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds another synthesis run with other settings" in err and "run.sources.fingerprint" in err
+    args = _args(setup, out)
+    args[args.index("--per-class") + 1] = "2"
+    assert main(args) == 2 and "run.sources.per_class" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+    assert after == before  # no record, context, skipped line or image was added
+    with one_thread():
+        assert main(_args(setup, out)) == 0  # the same settings: resumed (nothing left to do)
+    assert _images(out) == _images(reference)
+
+
+def test_the_recipe_options_reach_the_run_and_each_record_carries_its_cost(setup, reference, tmp_path):
+    """``--recipe one_step`` estimates each update round's clean latent with one UNet call (x2 for classifier-free
+    guidance) instead of a regeneration; the records say so per image. Here a generation is int(4 x 0.6) = 2
+    denoising steps x 2 = 4 UNet evaluations, and the run has 1 update round."""
+    from synood_kit.cli import main
+
+    def costs(folder):
+        records = []
+        for path in sorted(folder.glob("records-*.jsonl")):
+            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {json.dumps({k: v for k, v in r["cost"].items() if k != "seconds"}, sort_keys=True) for r in records}
+
+    out = tmp_path / "one_step"
+    with one_thread():
+        assert main([*_args(setup, out), "--recipe", "one_step"]) == 0
+    settings = json.loads((out / "synthesis.json").read_text())
+    assert "one_step" in json.dumps(settings)
+    (one_step,) = (json.loads(c) for c in costs(out))
+    (full,) = (json.loads(c) for c in costs(reference))
+    assert full["unet_evals"] == 2 * 4  # the update round's regeneration + the final generation
+    assert one_step["unet_evals"] == 4 + 2  # the final generation + one guided UNet call for the round
+    assert one_step["backward_passes"] == full["backward_passes"] == 1
+    assert one_step["vae_decodes"] == full["vae_decodes"] == 2
+    assert _images(out).keys() == _images(reference).keys() and _images(out) != _images(reference)
