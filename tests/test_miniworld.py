@@ -119,6 +119,22 @@ def test_benchmark_is_reproducible_and_reused(small_benchmark, tmp_path):
     assert (other / first.relative_to(root)).read_bytes() == first.read_bytes()
 
 
+def test_world_build_seed_rerenders_the_same_splits_from_new_streams(small_benchmark, tmp_path, capsys):
+    from synood_kit.cli import main
+
+    root, spec = small_benchmark
+    assert main(["world", "build", "--root", str(tmp_path / "s7"), "--scale", "0.02", "--seed", "7"]) == 0
+    info = json.loads((tmp_path / "s7" / "benchmark.json").read_text())
+    assert info["spec"]["seed"] == 7 and json.loads((root / "benchmark.json").read_text())["spec"]["seed"] == 2025
+    assert info["counts"] == json.loads((root / "benchmark.json").read_text())["counts"]
+    files = sorted(p.relative_to(root) for p in (root / "id_test").rglob("*.png"))
+    assert files == sorted(p.relative_to(tmp_path / "s7") for p in (tmp_path / "s7" / "id_test").rglob("*.png"))
+    changed = sum((root / f).read_bytes() != (tmp_path / "s7" / f).read_bytes() for f in files)
+    assert changed == len(files)  # every image re-rendered
+    assert main(["world", "build", "--root", str(tmp_path / "bad"), "--seed", "-1"]) == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_benchmark_digits_are_disjoint_from_pretraining_digits(small_benchmark):
     root, _ = small_benchmark
     lines = [json.loads(x) for x in (root / "manifest.jsonl").read_text().splitlines()]
