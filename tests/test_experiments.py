@@ -74,7 +74,7 @@ def test_metrics_json_records_what_ran(zero_shot, bench):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stage"] == "evaluation" and metrics["benchmark"]["name"] == "miniworld"
     assert metrics["n"] == {s: len(bench.split(s)) for s in bench.evaluation_splits()}
-    assert metrics["skipped"] == {s: {"count": 0, "examples": []} for s in bench.evaluation_splits()}
+    assert metrics["skipped"] == {s: {"count": 0, "reasons": {}, "examples": []} for s in bench.evaluation_splits()}
     assert 0.0 <= metrics["accuracy"]["clip_zero_shot"] <= 1.0
     assert 0.0 <= metrics["accuracy"]["classifier"] <= 1.0
     assert len(metrics["table"]) == 4 * (len(OOD_SPLITS) + 1)
@@ -222,6 +222,9 @@ def test_ablation_grid_has_every_variant_and_the_control(bench, preset, syntheti
     from synood_kit.ablations import TRAININGS, AblationRun, run_ablations
 
     run = AblationRun(synthetic=(("a", str(synthetic)), ("b", str(synthetic))), n_negatives=(None, 100))
+    # 50 groups: NegLabel's grouping keeps all 150 and all 100 (with 100 groups it would drop the last 50 of 150,
+    # and both rows would score the same 100 negatives, as the official grouping does)
+    preset = preset.override({"scores.neglabel.n_groups": 50})
     table = run_ablations(tmp_path / "abl", bench, preset, run, progress=False)["table"]
     variants = set(zip(table["synthetic"], table["training"], table["n_negatives"], strict=True))
     expected = {(s, t, k) for s in "ab" for t in TRAININGS for k in (150, 100)}
@@ -239,7 +242,9 @@ def test_ablation_grid_has_every_variant_and_the_control(bench, preset, syntheti
     metrics = json.loads((tmp_path / "abl" / "metrics.json").read_text())
     assert metrics["synthetic_sets"]["a"]["n_synthetic"] == 6
     assert 1 <= metrics["synthetic_sets"]["a"]["distinct_labels"]["100"] <= 6
-    assert (tmp_path / "abl" / "ablations.md").read_text().count("\n") == len(table) + 2
+    markdown = (tmp_path / "abl" / "ablations.md").read_text()
+    assert sum(line.startswith("|") for line in markdown.splitlines()) == len(table) + 2  # header, rule, one per row
+    assert "average precision" in markdown  # the table says which AUPR it holds
 
 
 def test_ablation_run_rejects_bad_settings(capsys):
@@ -253,7 +258,7 @@ def test_ablation_run_rejects_bad_settings(capsys):
         AblationRun(synthetic=(("a", "x"), ("a", "y")))
     assert main(["ablate", "--synthetic", "nofolder", "--out", "x"]) == 2
     assert "NAME=FOLDER" in capsys.readouterr().err
-    assert main(["ablate", "--synthetic", "a=x", "--n-negatives", "all,ten", "--out", "x"]) == 2
+    assert main(["ablate", "--n-negatives", "all,ten", "--synthetic", "a=x", "--out", "x"]) == 2
     assert "--n-negatives" in capsys.readouterr().err
 
 
