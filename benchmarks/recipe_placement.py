@@ -15,6 +15,7 @@ are synthesised with the same prompts and seeds by ``run_synthesis`` into ``OUT/
 
     python benchmarks/recipe_placement.py --out outputs/recipes [--per-class 10] [--batch-size 12]
         [--recipes unguided,full,one_step,last_steps:2] [--reuse full=DIR] [--n-negatives 1000] [--n-boot 1000]
+        [--scorer clip-neglabel --normalize unit]
 
 Threads: ``SYNOOD_THREADS``. Prints a Markdown table (docs/synthesis_cost.md holds the measured one).
 """
@@ -64,13 +65,20 @@ def main() -> None:
     parser.add_argument("--config", default="", help="preset (default: the benchmark's)")
     parser.add_argument("--per-class", type=int, default=10, help="source images per ID class")
     parser.add_argument("--batch-size", type=int, default=12, help="synthesis batch size")
+    parser.add_argument("--scorer", default=None, help="guidance scorer (preset's: classifier-energy)")
+    parser.add_argument("--normalize", default=None, help="gradient normalisation (preset's: none)")
     parser.add_argument("--recipes", default="unguided,full,one_step,last_steps:2")
     parser.add_argument("--reuse", action="append", default=[], help="NAME=DIR: an existing synthesis folder")
     parser.add_argument("--n-negatives", type=int, default=1000, help="negatives kept downstream (>= 100)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the full recipe's median")
     args = parser.parse_args()
     out = Path(args.out)
-    overrides = {"synthesis.sources.per_class": args.per_class, "synthesis.batch_size": args.batch_size}
+    overrides = {
+        "synthesis.sources.per_class": args.per_class,
+        "synthesis.batch_size": args.batch_size,
+        "synthesis.scorer": args.scorer,
+        "synthesis.guidance.normalize": args.normalize,
+    }
     bench, preset = load_run(args.benchmark, args.data_root or None, args.config or None, overrides, progress=False)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if not {"unguided", "full"} <= set(recipes):
@@ -121,7 +129,9 @@ def main() -> None:
     head = ["recipe", "UNet / image", "x unguided (UNet)", "x unguided (time)", "median distance to boundary"]
     head += [f"{g} FPR95" for g in groups]
     print(
-        f"{bench.name}: {costs['full']['n']} sources; full recipe's median distance 95% interval [{low:.4f}, "
+        f"{bench.name}: {costs['full']['n']} sources, {preset.synthesis.scorer} guidance (normalize "
+        f"{preset.synthesis.guidance.normalize}, step {preset.synthesis.guidance.step_size} "
+        f"{preset.synthesis.guidance.step_unit}); full recipe's median distance 95% interval [{low:.4f}, "
         f"{high:.4f}] ({args.n_boot} bootstrap replicates over images); downstream at {args.n_negatives} negatives, "
         f"FPR95 with ID positive averaged over each group's splits (percent); control: "
         + ", ".join(f"{g} {100 * v:.1f}" for g, v in control.items())
