@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--config", default="", help="preset (default: the benchmark's)")
     parser.add_argument("--per-class", type=int, default=10, help="source images per ID class")
     parser.add_argument("--batch-size", type=int, default=12, help="synthesis batch size")
+    parser.add_argument("--step-size", type=float, default=None, help="step of recipes without @STEP (preset's)")
     parser.add_argument("--scorer", default=None, help="guidance scorer (preset's: classifier-energy)")
     parser.add_argument("--normalize", default=None, help="gradient normalisation (preset's: none)")
     parser.add_argument("--recipes", default="unguided,full,one_step,last_steps:2")
@@ -76,6 +77,7 @@ def main() -> None:
     overrides = {
         "synthesis.sources.per_class": args.per_class,
         "synthesis.batch_size": args.batch_size,
+        "synthesis.guidance.step_size": args.step_size,
         "synthesis.scorer": args.scorer,
         "synthesis.guidance.normalize": args.normalize,
     }

@@ -9,7 +9,8 @@ and batch) are synthesised by every recipe (``GuidanceConfig.recipe``; docs in :
 * ``one_step``: the one-step (Tweedie) clean-latent estimate at the first denoising step for every update round;
 * ``last_steps:K``: a full first generation, then rounds that re-run only its last K denoising steps.
 
-``@STEP`` after a recipe overrides its step size (in the preset's ``step_unit``), e.g. ``one_step@20``.
+``@STEP`` after a recipe overrides its step size (in the preset's ``step_unit``), e.g. ``one_step@20``; ``--step-size``
+sets the step of every recipe without one (default: the preset's, 20 for the mini-world's ``last_steps`` recipe).
 
 Printed per recipe: UNet evaluations, VAE decodes and backward passes per image (counted by ``refine_steps``), wall
 time per image and its ratio to the unguided run measured here, and boundary placement of the final guidance
@@ -62,7 +63,7 @@ def recipe_guidance(spec: str, base: GuidanceConfig) -> GuidanceConfig:
     if name == "unguided":
         changes["rounds"] = 0
     elif name == "official_rounds":
-        changes["official_rounds"] = True
+        changes.update(recipe="full", official_rounds=True)
     elif name == "last_steps":
         changes.update(recipe="last_steps", rerun_steps=int(k or base.rerun_steps))
     elif name in ("full", "one_step"):
@@ -122,6 +123,7 @@ def main() -> None:
         "--scorers", default="classifier-energy,clip-neglabel", help="guidance scorers, comma-separated"
     )
     parser.add_argument("--batch-size", type=int, default=None, help="images per refinement call (preset's)")
+    parser.add_argument("--step-size", type=float, default=None, help="step of recipes without @STEP (preset's)")
     parser.add_argument("--device", default=None, help="device (default: the preset's)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the full recipe's placement")
     args = parser.parse_args()
@@ -133,6 +135,7 @@ def main() -> None:
     overrides = {
         "synthesis.sources.per_class": args.per_class,
         "synthesis.batch_size": args.batch_size,
+        "synthesis.guidance.step_size": args.step_size,
         "models.device": args.device,
     }
     bench, preset = load_run(args.benchmark, args.data_root or None, args.config or None, overrides, progress=False)

@@ -26,7 +26,8 @@
 # from the same sources and seeds:
 #
 # * **CLIP-guided**: energy-gradient refinement with CLIP's own NegLabel score as the scorer (`clip-neglabel`,
-#   unit-normalised gradients), toward the boundary target;
+#   unit-normalised gradients), toward the boundary target, with the full recipe at step 10 (the recipe measured
+#   for this scorer; the preset's cheaper recipe was measured for the classifier's energy, docs/synthesis_cost.md);
 # * **unguided**: the same in-painting and prompts, no noise updates (`rounds = 0`);
 # * optionally **classifier-guided**: the preset's classifier energy (the official recipe), from a folder given.
 #
@@ -74,7 +75,15 @@ bench, config = load_run(
     benchmark, data_roots, preset, {**overrides, "synthesis.sources.per_class": per_class, "synthesis.seed": seed}
 )
 recipes = {
-    "CLIP-guided": ({"synthesis.scorer": "clip-neglabel", "synthesis.guidance.normalize": "unit"}, guided_dir),
+    "CLIP-guided": (
+        {
+            "synthesis.scorer": "clip-neglabel",
+            "synthesis.guidance.normalize": "unit",
+            "synthesis.guidance.recipe": "full",
+            "synthesis.guidance.step_size": 10.0,
+        },
+        guided_dir,
+    ),
     "unguided": ({"synthesis.guidance.rounds": 0}, unguided_dir),
 }
 folders = {}

@@ -73,6 +73,14 @@ class SourcesConfig:
                 raise ValueError(f"SourcesConfig.size must be at least 8 pixels, got {self.size}")
 
 
+# The mini-world's refinement recipe, chosen by measurement (docs/synthesis_cost.md): of the recipes whose placement
+# of the guidance score lies inside the full recipe's 95% bootstrap interval on both measures (share in the target
+# band, median gap to the target), at 48 and at 120 sources, re-running the last 2 denoising steps per round (with
+# the per-image step raised to 20) is the cheapest: 36 UNet evaluations per image, 1.5x unguided, against 96 for
+# the full recipe (GuidanceConfig's own default, kept by the paper and official presets with the official step).
+MINIWORLD_GUIDANCE = GuidanceConfig(step_size=20.0, recipe="last_steps", rerun_steps=2)
+
+
 @dataclass(frozen=True)
 class SynthesisSettings:
     """Stages 1-5 of a synthesis run (defaults: the kit's mini-world recipe; presets hold the paper's)."""
@@ -81,7 +89,7 @@ class SynthesisSettings:
     context: str = "truth"  # stage 2: "truth" (the benchmark's annotations) or "mllm" (the preset's MLLM)
     prompting: PromptingConfig = field(default_factory=PromptingConfig)  # question, parser fallback, truncation
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)  # stage 3 (official: strength 0.6, 20 steps, CFG 8)
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)  # stage 4 (its target is set by the run)
+    guidance: GuidanceConfig = field(default_factory=lambda: MINIWORLD_GUIDANCE)  # stage 4 (the run sets its target)
     scorer: str = "classifier-energy"  # guidance scorer: the official classifier energy, or the CLIP's own score
     target: str = "boundary"  # "boundary": a quantile of the scorer over the run's ID training sources; "official": -5
     target_quantile: float = 0.05  # the boundary quantile (0.05: the threshold that keeps 95% of ID, FPR95's)
